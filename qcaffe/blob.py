@@ -1,0 +1,322 @@
+"""Blob: an N-d float32 array with data and diff, like Caffe's ``Blob<float>``.
+
+Memory follows Caffe's ``SyncedMemory``: each buffer has a host (numpy) copy and, in GPU
+mode, a device (cupy) copy, and a *head* saying which one is current.  Reading one side
+copies from the other only when the head is elsewhere; asking for a mutable side moves the head
+there.  So ``blob.data[...] = x`` from Python (host, mutable) is seen by the next GPU forward,
+and arrays taken from ``blob.data`` stay live views: the buffer is only reallocated when a
+reshape needs more room than it has (Caffe's capacity rule).
+
+Layer code uses ``dev_data`` / ``dev_diff`` (read) and ``mutable_dev_data`` /
+``mutable_dev_diff`` (write): arrays in the current mode's memory (numpy on CPU, so on CPU
+they are exactly the host arrays).  Python users use ``data`` and ``diff`` (host, mutable), as
+in pycaffe.
+"""
+import numpy as np
+
+from . import backend
+
+_UNINIT, _HOST, _DEVICE, _SYNCED = 0, 1, 2, 3
+
+
+class SyncedArray(object):
+    """A flat float32 buffer with a host and a device copy (Caffe: SyncedMemory)."""
+
+    __slots__ = ('host', 'device', 'head', 'size')
+
+    def __init__(self, size):
+        self.size = int(size)
+        self.host = None
+        self.device = None
+        self.head = _UNINIT
+
+    def host_array(self, mutable):
+        if self.head == _UNINIT:
+            self.host = np.zeros(self.size, dtype=np.float32)
+            self.head = _HOST
+        elif self.head == _DEVICE:
+            if self.host is None:
+                self.host = np.empty(self.size, dtype=np.float32)
+            self.host[...] = self.device.get()
+            self.head = _SYNCED
+        if mutable:
+            self.head = _HOST
+        return self.host
+
+    def device_array(self, mutable):
+        cp = backend.cupy_module()
+        if self.head == _UNINIT:
+            self.device = cp.zeros(self.size, dtype=np.float32)
+            self.head = _DEVICE
+        elif self.head == _HOST:
+            if self.device is None:
+                self.device = cp.empty(self.size, dtype=np.float32)
+            self.device.set(self.host)
+            self.head = _SYNCED
+        if mutable:
+            self.head = _DEVICE
+        return self.device
+
+
+def _as_shape(args):
+    if len(args) == 1 and not np.isscalar(args[0]):
+        args = tuple(args[0])
+    shape = tuple(int(d) for d in args)
+    for d in shape:
+        if d < 0:
+            raise ValueError('blob dimensions must be >= 0, got %s' % (shape,))
+    return shape
+
+
+class Blob(object):
+    """Caffe: ``Blob<float>``.  ``Blob(shape)`` or ``Blob()`` (empty, 0 axes... count 0)."""
+
+    def __init__(self, *shape):
+        self._shape = ()
+        self._count = 0
+        self._capacity = 0
+        self._data = SyncedArray(0)
+        self._diff = SyncedArray(0)
+        self._quantize = None  # extra buffer of compressed blobs (uL2Q), created on demand
+        if shape:
+            self.reshape(*shape)
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape):
+        """Caffe: ``Blob::Reshape``; reallocates only when the new count exceeds capacity."""
+        shape = _as_shape(shape)
+        count = 1
+        for d in shape:
+            count *= d
+        self._shape = shape
+        self._count = count
+        if count > self._capacity:
+            self._capacity = count
+            self._data = SyncedArray(count)
+            self._diff = SyncedArray(count)
+            if self._quantize is not None:
+                self._quantize = SyncedArray(count)
+        return self
+
+    def reshape_like(self, other):
+        return self.reshape(other.shape)
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def count_all(self):
+        return self._count
+
+    def count(self, start=0, end=None):
+        """Caffe: ``Blob::count(start, end)``; with no argument the total count."""
+        end = len(self._shape) if end is None else end
+        c = 1
+        for d in self._shape[start:end]:
+            c *= d
+        return c
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def canonical_axis_index(self, axis):
+        """Caffe: ``CanonicalAxisIndex``; negative axes count from the end."""
+        n = len(self._shape)
+        if not -n <= axis < max(n, 1):
+            raise ValueError('axis %d out of range for a %d-axis blob of shape %s'
+                             % (axis, n, self.shape_string()))
+        return axis + n if axis < 0 else axis
+
+    def legacy_shape(self, index):
+        """Caffe: ``LegacyShape``; axes beyond the blob's count as 1 (num/channels/height/width)."""
+        if self.num_axes > 4:
+            raise ValueError('legacy accessors need a blob of at most 4 axes, this one has %d'
+                             % self.num_axes)
+        if index >= self.num_axes or index < -self.num_axes:
+            return 1
+        return self._shape[index]
+
+    num = property(lambda self: self.legacy_shape(0))
+    channels = property(lambda self: self.legacy_shape(1))
+    height = property(lambda self: self.legacy_shape(2))
+    width = property(lambda self: self.legacy_shape(3))
+
+    def shape_string(self):
+        return ' '.join(str(d) for d in self._shape) + ' (%d)' % self._count
+
+    # ---------------------------------------------------------------- buffers
+    def _view(self, flat):
+        return flat[:self._count].reshape(self._shape)
+
+    @property
+    def data(self):
+        """Host data, mutable (pycaffe ``blob.data``): writes are seen by the next forward."""
+        return self._view(self._data.host_array(True))
+
+    @data.setter
+    def data(self, value):
+        self.data[...] = value
+
+    @property
+    def diff(self):
+        """Host diff, mutable (pycaffe ``blob.diff``)."""
+        return self._view(self._diff.host_array(True))
+
+    @diff.setter
+    def diff(self, value):
+        self.diff[...] = value
+
+    def cpu_data(self):
+        """Host data for reading (Caffe: ``cpu_data``); does not move the head."""
+        return self._view(self._data.host_array(False))
+
+    def cpu_diff(self):
+        return self._view(self._diff.host_array(False))
+
+    @property
+    def dev_data(self):
+        """Data in the current mode's memory, for reading (Caffe: ``cpu_data``/``gpu_data``)."""
+        if backend._state['mode'] == backend.CPU:
+            return self._view(self._data.host_array(False))
+        return self._view(self._data.device_array(False))
+
+    @property
+    def dev_diff(self):
+        if backend._state['mode'] == backend.CPU:
+            return self._view(self._diff.host_array(False))
+        return self._view(self._diff.device_array(False))
+
+    @property
+    def mutable_dev_data(self):
+        """Data in the current mode's memory, for writing (Caffe: ``mutable_{cpu,gpu}_data``)."""
+        if backend._state['mode'] == backend.CPU:
+            return self._view(self._data.host_array(True))
+        return self._view(self._data.device_array(True))
+
+    @property
+    def mutable_dev_diff(self):
+        if backend._state['mode'] == backend.CPU:
+            return self._view(self._diff.host_array(True))
+        return self._view(self._diff.device_array(True))
+
+    # quantize: the third buffer of uL2Q-compressed blobs (BlobProto field 14)
+    @property
+    def has_quantize(self):
+        return self._quantize is not None
+
+    def _quantize_buffer(self):
+        if self._quantize is None or self._quantize.size < self._count:
+            self._quantize = SyncedArray(max(self._capacity, self._count))
+        return self._quantize
+
+    @property
+    def quantize(self):
+        """Host view of the quantized copy of the data (Quantization-caffe ``blob.quantize``)."""
+        return self._view(self._quantize_buffer().host_array(True))
+
+    @quantize.setter
+    def quantize(self, value):
+        self.quantize[...] = value
+
+    @property
+    def dev_quantize(self):
+        buf = self._quantize_buffer()
+        if backend._state['mode'] == backend.CPU:
+            return self._view(buf.host_array(False))
+        return self._view(buf.device_array(False))
+
+    @property
+    def mutable_dev_quantize(self):
+        buf = self._quantize_buffer()
+        if backend._state['mode'] == backend.CPU:
+            return self._view(buf.host_array(True))
+        return self._view(buf.device_array(True))
+
+    # ---------------------------------------------------------------- sharing
+    def share_data(self, other):
+        """Caffe: ``ShareData``: this blob's data becomes ``other``'s buffer (counts must match)."""
+        if self._count != other._count:
+            raise ValueError('share_data needs equal counts: %s vs %s'
+                             % (self.shape_string(), other.shape_string()))
+        self._data = other._data
+        self._capacity = min(self._capacity, other._capacity) or other._capacity
+
+    def share_diff(self, other):
+        """Caffe: ``ShareDiff``."""
+        if self._count != other._count:
+            raise ValueError('share_diff needs equal counts: %s vs %s'
+                             % (self.shape_string(), other.shape_string()))
+        self._diff = other._diff
+
+    def shares_data_with(self, other):
+        return self._data is other._data
+
+    # ------------------------------------------------------------------- math
+    def update(self):
+        """Caffe: ``Blob::Update``: data -= diff."""
+        d = self.mutable_dev_data
+        d -= self.dev_diff
+
+    def asum_data(self):
+        x = backend.get_array_module(self.dev_data)
+        return float(x.abs(self.dev_data).sum(dtype=np.float64))
+
+    def asum_diff(self):
+        x = backend.get_array_module(self.dev_diff)
+        return float(x.abs(self.dev_diff).sum(dtype=np.float64))
+
+    def sumsq_data(self):
+        d = self.dev_data.ravel()
+        return float(d.dot(d))
+
+    def sumsq_diff(self):
+        d = self.dev_diff.ravel()
+        return float(d.dot(d))
+
+    def scale_diff(self, factor):
+        d = self.mutable_dev_diff
+        d *= factor
+
+    # ------------------------------------------------------------------ proto
+    def from_proto(self, proto, reshape=True):
+        """Caffe: ``Blob::FromProto``.  Legacy num/channels/height/width give exactly 4 axes."""
+        legacy = any(proto.HasField(f) for f in ('num', 'channels', 'height', 'width'))
+        if legacy:
+            shape = (proto.num, proto.channels, proto.height, proto.width)
+        else:
+            shape = tuple(proto.shape.dim)
+        if reshape:
+            self.reshape(shape)
+        elif int(np.prod(shape, dtype=np.int64)) != self._count:
+            raise ValueError('blob proto of shape %s does not fit blob %s'
+                             % (shape, self.shape_string()))
+        if len(proto.double_data) > 0:
+            self.data[...] = np.asarray(proto.double_data, dtype=np.float64).reshape(self._shape)
+        elif len(proto.data) > 0:
+            self.data[...] = np.asarray(proto.data, dtype=np.float32).reshape(self._shape)
+        if len(proto.double_diff) > 0:
+            self.diff[...] = np.asarray(proto.double_diff, dtype=np.float64).reshape(self._shape)
+        elif len(proto.diff) > 0:
+            self.diff[...] = np.asarray(proto.diff, dtype=np.float32).reshape(self._shape)
+        if len(proto.double_quantize) > 0:
+            self.quantize[...] = np.asarray(proto.double_quantize).reshape(self._shape)
+        elif len(proto.quantize) > 0:
+            self.quantize[...] = np.asarray(proto.quantize, dtype=np.float32).reshape(self._shape)
+        return self
+
+    def to_proto(self, proto=None, write_diff=False):
+        """Caffe: ``Blob::ToProto``: always ``shape``, then data, diff only when asked."""
+        from .proto import caffe_pb2
+        if proto is None:
+            proto = caffe_pb2.BlobProto()
+        proto.Clear()
+        proto.shape.dim.extend(self._shape)
+        proto.data.extend(self.cpu_data().ravel().tolist())
+        if write_diff:
+            proto.diff.extend(self.cpu_diff().ravel().tolist())
+        return proto
+
+    def __repr__(self):
+        return 'Blob(%s)' % self.shape_string()

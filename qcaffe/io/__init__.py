@@ -1,0 +1,1 @@
+"""Model-file I/O (prototxt, caffemodel, binaryproto, HDF5) and the upgrade chain."""
