@@ -216,6 +216,17 @@ class Layer(object):
     def load_extra_state(self, state):
         pass
 
+    def after_weights_loaded(self):
+        """Called after ``copy_from`` wrote this layer's blobs (compression refreshes state)."""
+
+    def to_proto(self, param, write_diff=False):
+        """Caffe: ``Layer::ToProto``: the LayerParameter with the current blobs."""
+        param.CopyFrom(self.layer_param)
+        del param.blobs[:]
+        for b in self.blobs:
+            b.to_proto(param.blobs.add(), write_diff)
+        return param
+
     def new_blob(self, *shape):
         b = Blob(*shape)
         self.blobs.append(b)
