@@ -68,6 +68,44 @@ def _as_shape(args):
     return shape
 
 
+def _count_range(shape, start=0, end=None):
+    end = len(shape) if end is None else end
+    c = 1
+    for d in shape[start:end]:
+        c *= d
+    return c
+
+
+class BlobCount(int):
+    """An ``int`` (the blob's total count) that is also callable as ``count(start, end)``.
+
+    pycaffe exposes ``blob.count`` as an int property while Caffe's C++ (and qcaffe layer
+    code) calls ``count()`` / ``count(start, end)``; this keeps both spellings valid.
+    Arithmetic on it gives plain ints.
+    """
+
+    def __new__(cls, value, shape):
+        self = int.__new__(cls, value)
+        self._shape = shape
+        return self
+
+    def __call__(self, start=0, end=None):
+        return _count_range(self._shape, start, end)
+
+    def __repr__(self):
+        return int.__repr__(self)
+
+
+class BlobVec(list):
+    """A layer's list of learnable blobs (pycaffe ``layer.blobs``) with ``add_blob(*dims)``."""
+
+    def add_blob(self, *dims):
+        """Append a new zero-filled blob of shape ``dims`` (pycaffe ``BlobVec.add_blob``)."""
+        blob = Blob(*dims)
+        self.append(blob)
+        return blob
+
+
 class Blob(object):
     """Caffe: ``Blob<float>``.  ``Blob(shape)`` or ``Blob()`` (empty, 0 axes... count 0)."""
 
@@ -109,13 +147,19 @@ class Blob(object):
     def count_all(self):
         return self._count
 
-    def count(self, start=0, end=None):
-        """Caffe: ``Blob::count(start, end)``; with no argument the total count."""
-        end = len(self._shape) if end is None else end
-        c = 1
-        for d in self._shape[start:end]:
-            c *= d
-        return c
+    @property
+    def count(self):
+        """Total element count (pycaffe ``blob.count``, an int).
+
+        The value is a :class:`BlobCount`, an ``int`` that can also be called like Caffe's
+        ``Blob::count(start, end)``, so both ``blob.count`` and ``blob.count(1)`` work.
+        Prefer ``count_range(start, end)`` in new code for a sub-range of axes.
+        """
+        return BlobCount(self._count, self._shape)
+
+    def count_range(self, start=0, end=None):
+        """Caffe: ``Blob::count(start, end)``: product of the dims in ``[start, end)``."""
+        return _count_range(self._shape, start, end)
 
     @property
     def num_axes(self):
@@ -200,6 +244,15 @@ class Blob(object):
         if backend._state['mode'] == backend.CPU:
             return self._view(self._diff.host_array(True))
         return self._view(self._diff.device_array(True))
+
+    # raw device pointers (pycaffe GPU builds: ``_gpu_data_ptr`` / ``_gpu_diff_ptr``)
+    @property
+    def _gpu_data_ptr(self):
+        return int(self._data.device_array(True).data.ptr)
+
+    @property
+    def _gpu_diff_ptr(self):
+        return int(self._diff.device_array(True).data.ptr)
 
     # quantize: the third buffer of uL2Q-compressed blobs (BlobProto field 14)
     @property

@@ -17,7 +17,7 @@ import difflib
 
 import numpy as np
 
-from ..blob import Blob
+from ..blob import Blob, BlobVec
 from ..io.errors import QcaffeError
 
 _REGISTRY = {}
@@ -91,7 +91,7 @@ class Layer(object):
     def __init__(self, layer_param):
         self.layer_param = layer_param
         self.phase = layer_param.phase
-        self.blobs = []
+        self.blobs = BlobVec()  # pycaffe: list-like with add_blob(*dims)
         self.param_propagate_down = []
         self.loss_weights = []
         self._last_bottom_shapes = None
