@@ -164,7 +164,7 @@ class Net(object):
         self.bottom_need_backward = []
         self.layer_need_backward = []
         self.input_blob_ids = []
-        self.params = []               # every param blob, in layer order
+        self.params_list = []               # every param blob, in layer order
         self.param_owners = []         # -1 for owners, else index of the owner param
         self.param_layer_indices = []  # (layer idx, blob idx)
         self.param_display_names = []
@@ -297,8 +297,8 @@ class Net(object):
         spec = lp.param[pid] if pid < len(lp.param) else caffe_pb2.ParamSpec()
         pname = spec.name
         self.param_display_names.append(pname if pname else str(pid))
-        net_pid = len(self.params)
-        self.params.append(layer.blobs[pid])
+        net_pid = len(self.params_list)
+        self.params_list.append(layer.blobs[pid])
         self.param_layer_indices.append((layer_id, pid))
         if not pname or pname not in self._param_names_index:
             self.param_owners.append(-1)
@@ -380,8 +380,8 @@ class Net(object):
         """Caffe: ``Net::ShareWeights``: sharers alias the owner's data and diff."""
         for i, owner in enumerate(self.param_owners):
             if owner >= 0:
-                self.params[i].share_data(self.params[owner])
-                self.params[i].share_diff(self.params[owner])
+                self.params_list[i].share_data(self.params_list[owner])
+                self.params_list[i].share_diff(self.params_list[owner])
 
     # ---------------------------------------------------------------- running
     def layer_index(self, name):
@@ -507,7 +507,7 @@ class Net(object):
                 raise NetError('Incompatible number of blobs for layer %r in %s' % (name, path))
             for j, blob in enumerate(layer.blobs):
                 if j >= len(arrays):
-                    pid = self.params.index(blob) if blob in self.params else -1
+                    pid = self.params_list.index(blob) if blob in self.params_list else -1
                     if pid < 0 or self.param_owners[pid] < 0:
                         raise NetError('Incompatible number of blobs for layer %r in %s'
                                        % (name, path))
