@@ -23,6 +23,10 @@ class NetError(QcaffeError):
     """A net definition that cannot be built (names the net, layer and blob)."""
 
 
+class WeightsMismatchError(NetError):
+    """Trained weights that do not fit the net (names layer, blob index, both shapes, file)."""
+
+
 # --------------------------------------------------------------------------- filtering
 def state_meets_rule(state, rule, layer_name=''):
     """Caffe: ``Net::StateMeetsRule``."""
@@ -460,64 +464,69 @@ class Net(object):
 
     # ----------------------------------------------------------- weights I/O
     def copy_trained_layers_from_param(self, param, source='<NetParameter>'):
-        """Caffe: ``CopyTrainedLayersFrom(const NetParameter&)`` (names matched, shapes checked)."""
-        from .io.weights import legacy_shape_equals
-        for src in param.layer:
-            name = src.name
+        """Caffe: ``CopyTrainedLayersFrom(const NetParameter&)`` (names matched, shapes checked).
+
+        ``param`` should already be upgraded (``qcaffe.io.upgrade_net_as_needed``).
+        """
+        from .io.weights import weights_from_net_param
+        self._copy_weights(weights_from_net_param(param, source), source, hdf5=False)
+
+    def copy_from(self, path):
+        """Caffe: ``CopyTrainedLayersFrom(file)``: HDF5 (detected by its signature, like
+        ``H5Fis_hdf5``) or binary NetParameter of any version (upgraded)."""
+        from .io.files import display_path, file_is_hdf5
+        from .io.weights import load_weights_file
+        self._copy_weights(load_weights_file(path), display_path(path),
+                           hdf5=file_is_hdf5(path))
+
+    def copy_trained_layers_from_hdf5(self, path):
+        """Caffe: ``CopyTrainedLayersFromHDF5`` (caffe.md 3.8)."""
+        from .io.files import display_path
+        from .io.weights import load_weights_file
+        self._copy_weights(load_weights_file(path), display_path(path), hdf5=True)
+
+    def _copy_weights(self, entries, source, hdf5):
+        """Copy ``[(layer name, type, [WeightBlob or None])]`` into same-named layers.
+
+        Binary files must give exactly the layer's blob count (Caffe's CopyTrainedLayersFrom);
+        HDF5 files may omit a blob that is shared from another layer, as Caffe's
+        CopyTrainedLayersFromHDF5 writes only owners.  Shapes follow Blob::ShapeEquals (legacy
+        4-D dims right-aligned).  Errors name the layer, blob index, both shapes and the file.
+        """
+        param_id_of = {id(b): k for k, b in enumerate(self.params_list)}
+        for name, _type, blobs in entries:
             if name not in self._layer_index:
                 log.info('Ignoring source layer %s', name)
                 continue
             layer = self.layers[self._layer_index[name]]
             log.info('Copying source layer %s', name)
-            if len(src.blobs) != len(layer.blobs):
-                raise NetError('Incompatible number of blobs for layer %r: the weights file %s '
-                               'has %d, the net has %d' % (name, source, len(src.blobs),
-                                                           len(layer.blobs)))
-            for j, bp in enumerate(src.blobs):
-                target = layer.blobs[j]
-                if not legacy_shape_equals(target.shape, bp):
-                    src_shape = Blob().from_proto(bp).shape
-                    raise NetError("Cannot copy param %d weights from layer '%s'; shape mismatch."
-                                   "  Source param shape is %s; target param shape is %s (weights "
-                                   "file %s). To learn this layer's parameters from scratch rather"
-                                   " than copying from a saved net, rename the layer."
-                                   % (j, name, _shape_str(src_shape), target.shape_string(),
-                                      source))
-                target.from_proto(bp, reshape=False)
-            layer.after_weights_loaded()
-
-    def copy_from(self, path):
-        """Caffe: ``CopyTrainedLayersFrom(file)``: binary or HDF5 (by signature), upgraded."""
-        from .io import weights as wio
-        if wio.is_hdf5(path):
-            self.copy_trained_layers_from_hdf5(path)
-        else:
-            self.copy_trained_layers_from_param(wio.read_weights_net_param(path), source=path)
-
-    def copy_trained_layers_from_hdf5(self, path):
-        """Caffe: ``CopyTrainedLayersFromHDF5`` (3.8)."""
-        from .io.hdf5 import read_hdf5_weights
-        for name, arrays in read_hdf5_weights(path):
-            if name not in self._layer_index:
-                log.info('Ignoring source layer %s', name)
-                continue
-            layer_id = self._layer_index[name]
-            layer = self.layers[layer_id]
-            if len(arrays) > len(layer.blobs):
-                raise NetError('Incompatible number of blobs for layer %r in %s' % (name, path))
-            for j, blob in enumerate(layer.blobs):
-                if j >= len(arrays):
-                    pid = self.params_list.index(blob) if blob in self.params_list else -1
-                    if pid < 0 or self.param_owners[pid] < 0:
-                        raise NetError('Incompatible number of blobs for layer %r in %s'
-                                       % (name, path))
-                    continue
-                a = np.asarray(arrays[j])
-                if tuple(a.shape) != blob.shape and a.size != blob.count():
-                    raise NetError("Cannot copy param %d weights from layer '%s'; shape mismatch."
-                                   "  Source param shape is %s; target param shape is %s"
-                                   % (j, name, _shape_str(a.shape), blob.shape_string()))
-                blob.data[...] = a.reshape(blob.shape)
+            n_src = sum(b is not None for b in blobs) if hdf5 else len(blobs)
+            if (len(blobs) > len(layer.blobs)) or (not hdf5 and len(blobs) != len(layer.blobs)):
+                raise WeightsMismatchError(
+                    'Incompatible number of blobs for layer %r: the weights file %s has %d, '
+                    'the net has %d (%s)' % (name, source, n_src, len(layer.blobs),
+                                             ', '.join(b.shape_string() for b in layer.blobs)
+                                             or 'no blobs'))
+            for j, target in enumerate(layer.blobs):
+                wb = blobs[j] if j < len(blobs) else None
+                if wb is None:
+                    pid = param_id_of.get(id(target), -1)
+                    if pid >= 0 and self.param_owners[pid] >= 0:
+                        continue          # a shared param: its owner was loaded
+                    raise WeightsMismatchError(
+                        'Incompatible number of blobs for layer %r: blob %d (shape %s) is '
+                        'missing from the weights file %s' % (name, j, target.shape_string(),
+                                                              source))
+                if not wb.shape_matches(target.shape):
+                    raise WeightsMismatchError(
+                        "Cannot copy param %d weights from layer '%s'; shape mismatch.  Source "
+                        "param shape is %s; target param shape is %s (weights file %s). To "
+                        "learn this layer's parameters from scratch rather than copying from a "
+                        "saved net, rename the layer." % (j, name, wb.shape_string(),
+                                                          target.shape_string(), source))
+                target.data[...] = wb.data.reshape(target.shape)
+                if wb.diff is not None:
+                    target.diff[...] = wb.diff.reshape(target.shape)
             layer.after_weights_loaded()
 
     def share_trained_layers_with(self, other):
