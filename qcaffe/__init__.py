@@ -34,7 +34,8 @@ _LAZY = {
     'set_random_seed': ('qcaffe.pycaffe', 'set_random_seed'),
     'layer_type_list': ('qcaffe.pycaffe', 'layer_type_list'),
     'init_log': ('qcaffe.pycaffe', 'init_log'),
-    'log': ('qcaffe.pycaffe', 'log'),
+    # the glog module qcaffe.log is itself callable: caffe.log("msg") writes an INFO line
+    'log': ('qcaffe.log', None),
     'solver_count': ('qcaffe.pycaffe', 'solver_count'),
     'set_solver_count': ('qcaffe.pycaffe', 'set_solver_count'),
     'solver_rank': ('qcaffe.pycaffe', 'solver_rank'),

@@ -113,3 +113,22 @@ def fmt(x):
     if math.isnan(x):
         return '-nan' if math.copysign(1.0, x) < 0 else 'nan'
     return '%g' % x
+
+
+# ------------------------------------------------------------------ pycaffe's caffe.log
+def log_info(message):
+    """pycaffe ``caffe.log(str)``: one INFO line (Caffe: ``LOG(INFO) << str``)."""
+    get_logger().info('%s', message, stacklevel=3)  # file:line of the caller
+
+
+class _CallableModule(type(sys)):
+    """This module, callable: ``caffe.log("msg")`` is pycaffe's log function while
+    ``qcaffe.log.setup_logging`` stays reachable.  Both need the package attribute ``log``,
+    and importing this submodule rebinds that attribute to the module, so the module itself
+    must be the function."""
+
+    def __call__(self, message):
+        log_info(message)
+
+
+sys.modules[__name__].__class__ = _CallableModule
