@@ -553,6 +553,7 @@ class FilterLayer(Layer):
                'minus the selector (%d bottoms, %d tops)', len(bottom), len(top))
         self._first_reshape = True
         self.indices = None
+        self._selector_index = len(bottom) - 1
 
     def reshape(self, bottom, top):
         sel = bottom[-1]
@@ -588,7 +589,8 @@ class FilterLayer(Layer):
                 dx[self.indices] = t.dev_diff
 
     def allow_force_backward(self, bottom_index):
-        return bottom_index != len(self.layer_param.bottom) - 1
+        # force_backward must not reach the selector, whose backward is an error
+        return bottom_index != getattr(self, '_selector_index', len(self.layer_param.bottom) - 1)
 
 
 # -------------------------------------------------------------------------- Parameter
