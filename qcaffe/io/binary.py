@@ -117,7 +117,8 @@ def _walk_wire(data, descriptor, start, end, label, depth):
         number, wire_type = tag >> 3, tag & 7
         field = descriptor.fields_by_number.get(number) if descriptor is not None else None
         name = field.name if field is not None else 'unknown field %d' % number
-        if field is not None and field.label == field.LABEL_REPEATED:
+        if field is not None and (field.is_repeated if hasattr(field, 'is_repeated')
+                                  else field.label == field.LABEL_REPEATED):  # protobuf 7
             index = counts.get(number, 0)
             counts[number] = index + 1
             name = '%s[%d]' % (name, index)

@@ -296,7 +296,8 @@ def _set_v0_field(v1_layer, v0, field_name, param_name, target):
     field = param.DESCRIPTOR.fields_by_name[target]
     if field.message_type is not None:
         getattr(param, target).CopyFrom(value)
-    elif field.label == field.LABEL_REPEATED:
+    elif (field.is_repeated if hasattr(field, 'is_repeated')  # protobuf 7 has no .label
+          else field.label == field.LABEL_REPEATED):
         getattr(param, target).append(value)
     else:
         setattr(param, target, value)
