@@ -7,9 +7,8 @@ Datum per image: channels 1, height rows, width cols, ``data`` = the raw uint8 p
 ``label`` = the label byte, under the key ``"%08d" % index``; the DB directory must not
 exist yet (Caffe's LMDB "NEW" mode).
 
-The Datum records are built for all images at once: every record has the same layout, so the
-serialized bytes are a fixed header (taken from a real protobuf serialization), the pixels
-and the label field, assembled as one uint8 matrix with numpy.
+The records are built for all images at once by :func:`qcaffe.data.lmdb_io.encode_datums`
+(one uint8 matrix, no per-image protobuf call) and written by its ``write_lmdb``.
 """
 import gzip
 import logging
@@ -18,13 +17,11 @@ import os
 import numpy as np
 
 from . import ArgumentParser, ToolError, require_file, run_main
-from ..proto import caffe_pb2
 
 log = logging.getLogger('qcaffe')
 
 IMAGE_MAGIC = 2051
 LABEL_MAGIC = 2049
-_LABEL_TAG = 0x28  # Datum.label: field 5, varint
 
 
 def read_idx_bytes(path, what):
@@ -75,39 +72,6 @@ def read_mnist(image_path, label_path):
             np.frombuffer(labels, dtype=np.uint8, count=n, offset=label_offset))
 
 
-def datum_records(images, labels):
-    """Serialized ``Datum`` bytes of every image, as rows of a uint8 matrix (or a list).
-
-    Equal to ``Datum(channels=1, height=rows, width=cols, data=pixels,
-    label=label).SerializeToString()`` for each item.
-    """
-    n, rows, cols = images.shape
-    size = rows * cols
-    proto = caffe_pb2.Datum(channels=1, height=rows, width=cols, data=bytes(size), label=0)
-    template = proto.SerializeToString()
-    # Fields serialize in number order: channels, height, width, data, then label (tag 0x28).
-    assert template.endswith(bytes([_LABEL_TAG, 0]))
-    header = np.frombuffer(template[:len(template) - size - 2], dtype=np.uint8)
-    if n and int(labels.max()) >= 0x80:
-        # A label >= 128 takes a two-byte varint: records differ in length; rare (MNIST has
-        # 0-9), so go through protobuf for those sets.
-        return [caffe_pb2.Datum(channels=1, height=rows, width=cols, data=img.tobytes(),
-                                label=int(lab)).SerializeToString()
-                for img, lab in zip(images, labels)]
-    h = len(header)
-    records = np.empty((n, h + size + 2), dtype=np.uint8)
-    records[:, :h] = header
-    records[:, h:h + size] = images.reshape(n, size)
-    records[:, h + size] = _LABEL_TAG
-    records[:, h + size + 1] = labels
-    return records
-
-
-def mnist_keys(n):
-    """Caffe's keys: the item index zero-padded to 8 digits (``snprintf("%08zd")``)."""
-    return [b'%08d' % i for i in range(n)]
-
-
 def convert_dataset(image_path, label_path, db_path, backend='lmdb'):
     if backend != 'lmdb':
         raise ToolError('--backend %s is not supported: qcaffe reads and writes lmdb only '
@@ -120,9 +84,9 @@ def convert_dataset(image_path, label_path, db_path, backend='lmdb'):
     log.info('Opening lmdb %s', db_path)
     log.info('A total of %d items.', n)
     log.info('Rows: %d Cols: %d', rows, cols)
-    records = datum_records(images, labels)
-    from ..data.lmdb_io import write_lmdb
-    write_lmdb(db_path, zip(mnist_keys(n), records), count=n)
+    from ..data.lmdb_io import encode_datums, key_for, write_lmdb
+    records = encode_datums(images, labels)
+    write_lmdb(db_path, ((key_for(i), records[i]) for i in range(n)), count=n)
     log.info('Processed %d files.', n)
     return n
 

@@ -1,0 +1,199 @@
+"""``qcaffe train --solver S [--weights a,b | --snapshot s] [--gpu ids|all] [--iterations N]
+[--sigint_effect stop|snapshot|none] [--sighup_effect ...] [--level L] [--stage a,b]``.
+
+Caffe equivalent: ``caffe train`` (tools/caffe.cpp ``train()``) with its SignalHandler
+(src/caffe/util/signal_handler.cpp).  Reads and upgrades the solver file, adds --level and
+--stage to ``train_state``, chooses the device as Caffe does (``solver_mode: GPU`` in the file
+counts only when --gpu is empty; without cupy or a device qcaffe then warns and trains on the
+CPU instead of dying as a CPU-only Caffe build does), installs the SIGINT / SIGHUP handlers,
+builds the solver, restores --snapshot ("Resuming from X") or copies --weights into the train
+and test nets, and runs ``Solve``.
+
+--iterations (not a Caffe train flag) overrides ``max_iter``: handy for short runs and tests.
+
+Signals: a handler only records the request; the solver polls
+:meth:`SignalHandler.action` (Caffe's ``GetActionFunction``) once per iteration and during
+testing and acts on the answer ('stop', 'snapshot' or 'none').
+"""
+import logging
+import os
+import signal
+
+from . import ArgumentParser, ToolError, gpu_name, parse_gpu_ids, require_file, require_flag
+from . import run_main, select_gpu, split_list
+from ..proto import caffe_pb2
+
+log = logging.getLogger('qcaffe')
+
+EFFECTS = ('stop', 'snapshot', 'none')
+
+
+class SignalHandler(object):
+    """Caffe's ``SignalHandler``: map SIGINT / SIGHUP to solver actions.
+
+    ``install()`` replaces the Python handlers (restored by ``uninstall()``); a received
+    signal only sets a flag, which :meth:`action` reports once and clears, SIGINT first, as
+    Caffe's ``CheckForSignals`` does.  With effect 'none' the signal is still caught, so a
+    Ctrl-C with ``--sigint_effect none`` does not kill the run.
+    """
+
+    def __init__(self, sigint_effect='stop', sighup_effect='snapshot'):
+        self.effects = {}
+        for name, effect in (('SIGINT', sigint_effect), ('SIGHUP', sighup_effect)):
+            if effect not in EFFECTS:
+                raise ToolError('--%s_effect must be one of %s, got %r'
+                                % (name[3:].lower(), ', '.join(EFFECTS), effect))
+            if hasattr(signal, name):  # no SIGHUP on Windows
+                self.effects[getattr(signal, name)] = effect
+        self.pending = set()
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.pending.add(signum)
+
+    def install(self):
+        for signum in self.effects:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def uninstall(self):
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def action(self):
+        """'stop', 'snapshot' or 'none': the request of the oldest pending signal."""
+        for signum in (getattr(signal, 'SIGINT', None), getattr(signal, 'SIGHUP', None)):
+            if signum in self.pending:
+                self.pending.discard(signum)
+                return self.effects.get(signum, 'none')
+        return 'none'
+
+    def __enter__(self):
+        return self.install()
+
+    def __exit__(self, *exc):
+        self.uninstall()
+
+
+# ------------------------------------------------------------------------- parsing
+def build_parser(prog):
+    parser = ArgumentParser(prog=prog, description='Train or finetune a model.')
+    parser.add_flag('solver', default='', help='The solver definition protocol buffer text '
+                    'file.')
+    parser.add_flag('weights', default='', help="Optional; the pretrained weights to "
+                    "initialize finetuning, separated by ','. Cannot be set simultaneously "
+                    'with snapshot.')
+    parser.add_flag('snapshot', default='', help='Optional; the snapshot solver state to '
+                    'resume training.')
+    parser.add_flag('gpu', default='', help="Optional; run in GPU mode on given device IDs "
+                    "separated by ','. Use '-gpu all' to run on all available GPUs.")
+    parser.add_flag('iterations', type=int, default=None, help='Optional (qcaffe); train for '
+                    'this many iterations in all instead of the solver\'s max_iter.')
+    parser.add_flag('level', type=int, default=0, help='Optional; network level.')
+    parser.add_flag('stage', default='', help="Optional; network stages (not to be confused "
+                    "with phase), separated by ','.")
+    parser.add_flag('sigint_effect', default='stop', help='Optional; action to take when a '
+                    'SIGINT signal is received: snapshot, stop or none.')
+    parser.add_flag('sighup_effect', default='snapshot', help='Optional; action to take when '
+                    'a SIGHUP signal is received: snapshot, stop or none.')
+    return parser
+
+
+def read_solver(path):
+    from ..io import read_solver_param
+    require_file(path, 'solver definition (--solver)')
+    return read_solver_param(path)
+
+
+def choose_devices(args, solver_param):
+    """caffe.cpp: --gpu, else ``solver_mode: GPU`` set explicitly in the file, else the CPU."""
+    from .. import backend
+    spec = args.gpu
+    from_file = False
+    if not spec and solver_param.HasField('solver_mode') and \
+            solver_param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        spec = str(solver_param.device_id if solver_param.HasField('device_id') else 0)
+        from_file = True
+    if spec and from_file and not backend.gpu_available():
+        log.warning('The solver file asks for solver_mode: GPU but no GPU is usable (cupy '
+                    'not installed or no CUDA device); training on the CPU.')
+        spec = ''
+    gpus = parse_gpu_ids(spec)
+    if not gpus:
+        log.info('Use CPU.')
+        backend.set_mode_cpu()
+        solver_param.solver_mode = caffe_pb2.SolverParameter.CPU
+        return gpus
+    if len(gpus) > 1:
+        # Caffe runs one solver per GPU through NCCL; qcaffe trains on one device.
+        log.warning('Multi-GPU training is not supported: using GPU %d only (of %s)',
+                    gpus[0], ','.join(str(g) for g in gpus))
+        gpus = gpus[:1]
+    log.info('Using GPUs %s', ','.join(str(g) for g in gpus))
+    select_gpu(gpus[0])
+    for g in gpus:
+        log.info('GPU %d: %s', g, gpu_name(g))
+    solver_param.device_id = gpus[0]
+    solver_param.solver_mode = caffe_pb2.SolverParameter.GPU
+    return gpus
+
+
+def make_solver(solver_param):
+    """Caffe: ``SolverRegistry<float>::CreateSolver(solver_param)``."""
+    from ..solvers import create_solver
+    return create_solver(solver_param)
+
+
+def check_snapshot_dir(solver_param):
+    """Fail before training when snapshots cannot be written (Caffe probes with a tempfile)."""
+    if solver_param.snapshot <= 0 and not solver_param.snapshot_after_train:
+        return
+    prefix = solver_param.snapshot_prefix
+    directory = os.path.dirname(prefix) or '.'
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ToolError("Cannot write to snapshot prefix '%s'. Make sure that the directory "
+                        "%s exists and is writable." % (prefix, directory))
+
+
+def run(args):
+    require_flag(args.solver, 'solver', 'a solver definition to train')
+    if args.snapshot and args.weights:
+        raise ToolError('Give a snapshot to resume training or weights to finetune but not '
+                        'both.')
+    solver_param = read_solver(args.solver)
+    solver_param.train_state.level = args.level
+    solver_param.train_state.stage.extend(split_list(args.stage))
+    if args.iterations is not None:
+        if args.iterations < 0:
+            raise ToolError('--iterations must be >= 0, got %d' % args.iterations)
+        solver_param.max_iter = args.iterations
+    if args.snapshot:
+        require_file(args.snapshot, 'solver state (--snapshot)')
+        del solver_param.weights[:]
+    elif args.weights:
+        del solver_param.weights[:]
+        for path in split_list(args.weights):
+            require_file(path, 'weights file (--weights)')
+            solver_param.weights.append(path)
+    check_snapshot_dir(solver_param)
+    choose_devices(args, solver_param)
+
+    handler = SignalHandler(args.sigint_effect, args.sighup_effect)
+    with handler:
+        solver = make_solver(solver_param)
+        solver.set_action_function(handler.action)
+        if args.snapshot:
+            log.info('Resuming from %s', args.snapshot)
+            solver.restore(args.snapshot)
+        log.info('Starting Optimization')
+        solver.solve()
+    log.info('Optimization Done.')
+    return 0
+
+
+def main(argv=None, prog='train', command=None):
+    return run_main(build_parser, run, argv, prog)
