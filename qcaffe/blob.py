@@ -116,6 +116,8 @@ class Blob(object):
         self._data = SyncedArray(0)
         self._diff = SyncedArray(0)
         self._quantize = None  # extra buffer of compressed blobs (uL2Q), created on demand
+        self.compress_state = None      # QuantState of a compressed blob (qcaffe.compress)
+        self.quantize_from_file = False  # quantize buffer came with loaded weights
         if shape:
             self.reshape(*shape)
 
@@ -266,12 +268,30 @@ class Blob(object):
 
     @property
     def quantize(self):
-        """Host view of the quantized copy of the data (Quantization-caffe ``blob.quantize``)."""
+        """Host view of the quantized copy of the data (Quantization-caffe ``blob.quantize``).
+
+        ``None`` for a blob that is not compressed (QC returns zeros; compression.md 1(g).11).
+        """
+        if self._quantize is None:
+            return None
         return self._view(self._quantize_buffer().host_array(True))
 
     @quantize.setter
     def quantize(self, value):
-        self.quantize[...] = value
+        self.set_quantize(value)
+
+    def set_quantize(self, value):
+        """Write the quantize buffer (created if needed)."""
+        self._view(self._quantize_buffer().host_array(True))[...] = value
+
+    def cpu_quantize(self):
+        return self._view(self._quantize_buffer().host_array(False))
+
+    def clear_quantize(self):
+        """Forget the quantize buffer and compression state (the blob is plain again)."""
+        self._quantize = None
+        self.compress_state = None
+        self.quantize_from_file = False
 
     @property
     def dev_quantize(self):
@@ -353,10 +373,8 @@ class Blob(object):
             self.diff[...] = np.asarray(proto.double_diff, dtype=np.float64).reshape(self._shape)
         elif len(proto.diff) > 0:
             self.diff[...] = np.asarray(proto.diff, dtype=np.float32).reshape(self._shape)
-        if len(proto.double_quantize) > 0:
-            self.quantize[...] = np.asarray(proto.double_quantize).reshape(self._shape)
-        elif len(proto.quantize) > 0:
-            self.quantize[...] = np.asarray(proto.quantize, dtype=np.float32).reshape(self._shape)
+        from .compress.state import load_extras, read_proto_extras
+        load_extras(self, *read_proto_extras(proto))  # uL2Q quantize + alpha/delta/...
         return self
 
     def to_proto(self, proto=None, write_diff=False):
@@ -369,6 +387,8 @@ class Blob(object):
         proto.data.extend(self.cpu_data().ravel().tolist())
         if write_diff:
             proto.diff.extend(self.cpu_diff().ravel().tolist())
+        from .compress.state import write_proto_extras
+        write_proto_extras(self, proto)  # uL2Q quantize + alpha/delta/fixedpos/maxbits
         return proto
 
     def __repr__(self):

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import backend
 from .blob import Blob
+from .compress.state import load_weight_blob_extras
 from .io.errors import QcaffeError
 from .layers import create_layer
 from .proto import caffe_pb2
@@ -527,6 +528,7 @@ class Net(object):
                 target.data[...] = wb.data.reshape(target.shape)
                 if wb.diff is not None:
                     target.diff[...] = wb.diff.reshape(target.shape)
+                load_weight_blob_extras(target, wb)   # uL2Q quantize/alpha/... (BlobProto 10-17)
             layer.after_weights_loaded()
 
     def share_trained_layers_with(self, other):

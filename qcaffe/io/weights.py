@@ -25,13 +25,16 @@ class WeightBlob:
     ``legacy``: True when stored with legacy dims (right-aligned ShapeEquals applies);
     ``data``: float32 array of ``shape``; ``diff``: float32 array or None when not stored.
     """
-    __slots__ = ('shape', 'legacy', 'data', 'diff')
+    __slots__ = ('shape', 'legacy', 'data', 'diff', 'quantize', 'qstate')
 
-    def __init__(self, shape, legacy, data, diff=None):
+    def __init__(self, shape, legacy, data, diff=None, quantize=None, qstate=None):
         self.shape = tuple(shape)
         self.legacy = legacy
         self.data = data
         self.diff = diff
+        # uL2Q / Quantization-caffe extras (BlobProto 10-17), see qcaffe.compress.state
+        self.quantize = quantize
+        self.qstate = qstate
 
     def shape_matches(self, target_shape):
         """True if a blob of ``target_shape`` may receive this one (Caffe: Blob::ShapeEquals)."""
@@ -53,7 +56,9 @@ def weight_blob_from_proto(proto):
     diff = None
     if len(proto.diff) or len(proto.double_diff):
         diff = blobproto_to_array(proto, return_diff=True)
-    return WeightBlob(shape, legacy, data, diff)
+    from ..compress.state import read_proto_extras
+    quantize, qstate = read_proto_extras(proto)
+    return WeightBlob(shape, legacy, data, diff, quantize, qstate)
 
 
 def weights_from_net_param(net_param, source=''):

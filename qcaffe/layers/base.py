@@ -61,7 +61,10 @@ def layer_class(type_name, layer_name=''):
 def create_layer(layer_param, phase=None):
     """Caffe: ``LayerRegistry::CreateLayer``."""
     cls = layer_class(layer_param.type, layer_param.name)
-    return cls(layer_param)
+    layer = cls(layer_param)
+    from ..compress.hooks import install   # weights_/activations_compress (uL2Q) on any layer
+    install(layer)
+    return layer
 
 
 def _load_all():

@@ -1,0 +1,15 @@
+"""Model compression built into qcaffe.
+
+μL2Q / Quantization-caffe (compression.md section 1): ``weights_compress`` and
+``activations_compress`` on any layer.
+
+* :mod:`.rounding` – half-away-from-zero and friends, float64 statistics;
+* :mod:`.quantizers` – ULQ, Ternary, Ternary_Quantize, Quantize, Clip as pure functions;
+* :mod:`.hooks` – attaches them to layers (fake quantization + straight-through gradients);
+* :mod:`.state` – the BlobProto 10–17 fields in .caffemodel files;
+* :mod:`.export` – integer codes and scales to ``.npz``;
+* :mod:`.report` – per-layer bits / distinct values / packed size (``qcaffe compress_report``).
+
+Submodules are imported on demand (``qcaffe.blob`` needs :mod:`.state` while
+:mod:`.hooks` needs the layer base class).
+"""

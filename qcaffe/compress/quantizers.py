@@ -1,0 +1,210 @@
+"""The μL2Q / Quantization-caffe quantizers as pure functions (numpy and cupy alike).
+
+Caffe equivalent: ``Blob::ulq_weights``, ``ternarize_data``, ``quantize_data``, ``clip_data``
+of Quantization-caffe (QC, src/caffe/blob.cpp) with the kernels ``caffe_cpu_ulq``,
+``caffe_cpu_ternary``, ``caffe_cpu_quantizea``, ``caffe_cpu_quantizec``
+(src/caffe/util/math_functions.cpp/.cu); spec: compression.md 1(b) and the fixes of 1(g).
+
+Every quantizer has the signature ``fn(x, maxbits, out) -> QuantState``: it reads ``x``
+(float32, any shape), writes the dequantized ("fake-quantized") values into ``out`` (which may
+be ``x`` itself, as for activations, quantized in place) and returns the blob state the fork
+keeps next to the buffer (``alpha``, ``delta``, ``fixedpos``, ``maxbits``).  Statistics are
+taken in float64, element-wise math is float32 as in the fork; ties round half away from zero.
+
+``METHODS`` describes, per method name, how to recover the integer code from the dequantized
+values and the state (the QC README recipe) and the code range, for export and reports.
+"""
+import collections
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .rounding import mean_std, round_away, round_away_scalar
+
+# λ_k of the released code (index k-1); compression.md 1(b).1 -- not the paper's table.
+ULQ_LAMBDA = (1.5950161625215948, 0.99529008541347519, 0.5872211503939504,
+              0.3358904980253396, 0.18944224088629152, 0.10570877041455067,
+              0.057082736023857356, 0.030482181036739827)
+ULQ_EPS = 1e-7          # added to the step (UL/QC), keeps all-zero blobs finite
+TERNARY_DELTA_RATIO = 0.7
+
+
+class QuantState(collections.namedtuple('QuantState', 'alpha delta fixedpos maxbits')):
+    """Per-blob scalars of the fork (BlobProto fields 13, 12, 16, 17)."""
+    __slots__ = ()
+
+
+def ulq_step(sigma, maxbits, large_k_compat=True):
+    """The μL2Q step α for bit width ``maxbits`` and standard deviation ``sigma``.
+
+    k > 8: the fork computes λ = 6.2σ/(2^k−1) and then α = λσ (σ twice, 1(g).1); kept by
+    default for fidelity, ``large_k_compat=False`` gives the paper's α = 6.2σ/(2^k−1).
+    """
+    k = int(maxbits)
+    if k <= len(ULQ_LAMBDA):
+        lam = ULQ_LAMBDA[k - 1]
+    else:
+        lam = 2 * 3.1 * sigma / (2 ** k - 1)
+        if not large_k_compat:
+            return float(np.float32(lam + ULQ_EPS))
+    return float(np.float32(lam * sigma + ULQ_EPS))
+
+
+def ulq(x, maxbits, out=None, large_k_compat=True):
+    """μL2Q (``ULQ``): 2^k levels β ± (j − ½)α, j = 1…2^(k−1), α = λ_k σ + 1e-7, β = μ.
+
+    n = round_away(clip((w − β)/α + ½, 1 − 2^(k−1), 2^(k−1))), w_q = (n − ½)α + β.  As in
+    the fork the division is a multiplication by 1/α and the restore a division by 1/α.
+    k ≤ 0 leaves ``out`` untouched and returns None (the fork's early return).
+    """
+    k = int(maxbits)
+    if k <= 0:
+        return None
+    xp = get_array_module(x)
+    out = x if out is None else out
+    mu, sigma = mean_std(x)
+    alpha = ulq_step(sigma, k, large_k_compat)
+    beta = np.float32(mu)
+    inv = np.float32(1.0) / np.float32(alpha)
+    half = np.float32(0.5)
+    phi = (x - beta) * inv + half
+    xp.clip(phi, np.float32(1 - 2 ** (k - 1)), np.float32(2 ** (k - 1)), out=phi)
+    n = round_away(phi)
+    out[...] = (n - half) / inv + beta
+    return QuantState(alpha, float(beta), 0, k)
+
+
+def _fixed_point_alpha(alpha, maxbits):
+    """QC ``Ternary_Quantize``: α on a k-bit grid, fp = floor(log2 α) − (k − 2).
+
+    a = round_away(α / 2^fp) clamped to ±(2^(k−1) − 1); returns (a·2^fp, fp).  α ≤ 0 (all
+    weights inside ±δ, or an all-zero blob) has no logarithm: α = 0, fp = 0 (1(g) fix).
+    """
+    if alpha <= 0:
+        return 0.0, 0
+    k = int(maxbits)
+    fp = int(math.floor(math.log2(alpha))) - (k - 2)
+    lim = 2 ** (k - 1) - 1
+    a = min(max(round_away_scalar(alpha / 2.0 ** fp), -lim), lim)
+    return float(np.float32(a * 2.0 ** fp)), fp
+
+
+def _ternary(x, maxbits, out, fixed_point):
+    xp = get_array_module(x)
+    out = x if out is None else out
+    ax = xp.abs(x)
+    delta = float(ax.mean(dtype=np.float64)) * TERNARY_DELTA_RATIO if x.size else 0.0
+    delta = float(np.float32(min(max(delta, -100.0), 100.0)))
+    d32 = np.float32(delta)
+    t = (x > d32).astype(np.float32) - (x < -d32).astype(np.float32)
+    nz = ax > d32
+    count = int(nz.sum())
+    alpha = float(ax[nz].sum(dtype=np.float64)) / count if count else 0.0   # Σtw / Σt²
+    fixedpos = 0
+    if fixed_point:
+        alpha, fixedpos = _fixed_point_alpha(alpha, maxbits)
+    alpha = float(np.float32(alpha))
+    out[...] = t * np.float32(alpha)
+    return QuantState(alpha, delta, fixedpos, int(maxbits))
+
+
+def ternary(x, maxbits, out=None):
+    """``Ternary``: δ = 0.7·mean|W|, t = sign(w)·[|w| > δ], α = mean |w| over t ≠ 0; α·t."""
+    return _ternary(x, maxbits, out, fixed_point=False)
+
+
+def ternary_quantize(x, maxbits, out=None):
+    """``Ternary_Quantize``: ``Ternary`` with α itself a k-bit fixed-point number (QC)."""
+    return _ternary(x, maxbits, out, fixed_point=True)
+
+
+def fixed_point_position(m, maxbits):
+    """QC dynamic fixed point: fp = floor(log2 max|x|) − (k − 2), 0 for an all-zero blob."""
+    return 0 if m <= 0 else int(math.floor(math.log2(m))) - (int(maxbits) - 2)
+
+
+def quantize(x, maxbits, out=None):
+    """``Quantize`` (QC, deterministic): q = round_away(x / 2^fp) saturated to ±(2^(k−1)−1).
+
+    The result q·2^fp is written; ``alpha`` is set to the step 2^fp (QC leaves it untouched;
+    storing the step makes "integer = value / alpha" hold for every method).
+    """
+    xp = get_array_module(x)
+    out = x if out is None else out
+    k = int(maxbits)
+    m = float(xp.abs(x).max()) if x.size else 0.0
+    fp = fixed_point_position(m, k)
+    step = np.float32(2.0 ** fp)
+    lim = np.float32(2 ** (k - 1) - 1)
+    q = round_away(x / step)
+    xp.clip(q, -lim, lim, out=q)
+    out[...] = q * step
+    return QuantState(float(step), 0.0, fp, k)
+
+
+def clip(x, maxbits, out=None):
+    """``Clip`` (QC): s = (2^(k−1) − 1)/max|x|, result round_away(x·s)/s, α = 1/s.
+
+    max|x| = 0 (and k = 1, where s = 0) gives zeros and α = 0 instead of inf/NaN (1(g).9).
+    """
+    xp = get_array_module(x)
+    out = x if out is None else out
+    k = int(maxbits)
+    m = float(xp.abs(x).max()) if x.size else 0.0
+    levels = 2 ** (k - 1) - 1
+    if m == 0 or levels == 0:
+        out[...] = 0
+        return QuantState(0.0, 0.0, 0, k)
+    s = np.float32(levels / m)
+    alpha = np.float32(1.0) / s
+    out[...] = round_away(x * s) * alpha
+    return QuantState(float(alpha), 0.0, 0, k)
+
+
+def sign_ternary(x, maxbits, out=None):
+    """Activation ``Ternary`` / ``Ternary_Quantize`` (QC): t with δ = 0, i.e. sign(x)."""
+    xp = get_array_module(x)
+    out = x if out is None else out
+    out[...] = xp.sign(x)
+    return QuantState(0.0, 0.0, 0, int(maxbits))
+
+
+# --------------------------------------------------------------------- integer codes
+def _codes_ulq(q, st):
+    return (q - st.delta) / st.alpha + 0.5
+
+
+def _codes_scaled(q, st):
+    return q / st.alpha if st.alpha else q * 0.0
+
+
+def _codes_fixed(q, st):
+    return q / (2.0 ** st.fixedpos)
+
+
+Method = collections.namedtuple('Method', 'name fn codes code_range bits')
+
+METHODS = {
+    'ULQ': Method('ULQ', ulq, _codes_ulq,
+                  lambda k: (1 - 2 ** (k - 1), 2 ** (k - 1)), lambda k: k),
+    'Ternary': Method('Ternary', ternary, _codes_scaled, lambda k: (-1, 1), lambda k: 2),
+    'Ternary_Quantize': Method('Ternary_Quantize', ternary_quantize, _codes_scaled,
+                               lambda k: (-1, 1), lambda k: 2),
+    'Quantize': Method('Quantize', quantize, _codes_fixed,
+                       lambda k: (1 - 2 ** (k - 1), 2 ** (k - 1) - 1), lambda k: k),
+    'Clip': Method('Clip', clip, _codes_scaled,
+                   lambda k: (1 - 2 ** (k - 1), 2 ** (k - 1) - 1), lambda k: k),
+}
+
+# weights_compress[i] (QC accepts Clip on weights too)
+WEIGHT_METHODS = ('Ternary', 'Ternary_Quantize', 'Quantize', 'Clip', 'ULQ')
+# activations_compress[i]: QC's activation ULQ is broken (1(b).5) -> rejected
+ACTIVATION_FUNCS = {'Clip': clip, 'Quantize': quantize,
+                    'Ternary': sign_ternary, 'Ternary_Quantize': sign_ternary}
+ACTIVATION_METHODS = tuple(ACTIVATION_FUNCS)
+
+
+def effective_maxbits(maxbits):
+    """``maxbits`` absent or 0 means 8 (QC)."""
+    return 8 if not maxbits else int(maxbits)

@@ -1,0 +1,56 @@
+"""Rounding rules of the compression forks, exact in float32, numpy/cupy generic.
+
+Caffe forks (uL2Q / Quantization-caffe, DNS/INQ) round half away from zero:
+``x > 0 ? floor(x + 0.5) : ceil(x - 0.5)`` with a *double* 0.5, i.e. exactly.  numpy's
+``round``/``rint`` round half to even, and ``floor(x + 0.5)`` done in float32 is wrong for
+0.49999997 (the sum rounds up to 1.0).  Splitting ``x`` into ``trunc(x)`` and its fraction is
+exact in binary floating point, so the functions below decide ties on the exact fraction.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+
+
+def round_away(x):
+    """Round half away from zero (Caffe forks' rounding) without float32 tie errors."""
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    t = xp.trunc(x)
+    frac = x - t                      # exact: no bits are lost subtracting the integer part
+    step = (xp.abs(frac) >= 0.5).astype(x.dtype)
+    return t + xp.copysign(step, x)
+
+
+def floor_half_up(x):
+    """``floor(x + 0.5)`` computed exactly (ties toward +inf; Label-free activations)."""
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    f = xp.floor(x)
+    return f + ((x - f) >= 0.5).astype(x.dtype)
+
+
+def round_half_even(x):
+    """Half to even, as ``torch.round`` (APoT); numpy/cupy ``rint``."""
+    xp = get_array_module(x)
+    return xp.rint(x)
+
+
+def round_away_scalar(v):
+    """Python-float twin of :func:`round_away` for scalars (scale factors)."""
+    return float(round_away(np.float64(v)))
+
+
+def mean_std(x):
+    """Population mean and standard deviation of a whole blob in float64.
+
+    The forks use the single-pass ``sqrt(E[x^2] - E[x]^2)`` in float32, which can go negative
+    (NaN) for near-constant blobs; compression.md 1(g).8: float64 and a clamp at 0.
+    """
+    xp = get_array_module(x)
+    x64 = xp.asarray(x).astype(np.float64, copy=False).ravel()
+    n = x64.size
+    if n == 0:
+        return 0.0, 0.0
+    mu = float(x64.sum()) / n
+    var = float(x64.dot(x64)) / n - mu * mu
+    return mu, float(np.sqrt(max(var, 0.0)))
