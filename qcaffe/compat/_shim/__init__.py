@@ -1,0 +1,1 @@
+"""Folder put on sys.path by the opt-in shim; holds the ``caffe`` package (see qcaffe.compat)."""
