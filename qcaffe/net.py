@@ -147,6 +147,16 @@ class Net(object):
 
     # ------------------------------------------------------------------ build
     def _init(self, in_param, phase, level, stages, source):
+        try:
+            self._build(in_param, phase, level, stages, source)
+        except QcaffeError as e:
+            # Say which net definition the problem is in (the layer/blob is already named).
+            where = 'net %r (%s)' % (in_param.name, source)
+            if e.args and isinstance(e.args[0], str) and source not in e.args[0]:
+                e.args = ('%s: %s' % (where, e.args[0]),) + e.args[1:]
+            raise
+
+    def _build(self, in_param, phase, level, stages, source):
         param = caffe_pb2.NetParameter()
         param.CopyFrom(in_param)
         if phase is not None:
