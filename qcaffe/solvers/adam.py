@@ -1,0 +1,40 @@
+"""Adam (Caffe: ``AdamSolver::ComputeUpdateValue``; beta1 = momentum, beta2 = momentum2).
+
+    m = beta1 * m + (1 - beta1) * g ;  v = beta2 * v + (1 - beta2) * g^2 ;
+    step = local_rate * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + delta),  t = iter + 1
+The correction is computed in double as C++ ``std::pow(float, int)`` does, then stored as
+float; ``delta`` is added to sqrt(v) without bias correction, as in Caffe.
+"""
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Solver
+
+
+class AdamSolver(Solver):
+    type = 'Adam'
+    num_history_sets = 2
+
+    def compute_update_value(self, i, rate):
+        g = self._params[i].blob.mutable_dev_diff
+        m = self.history_array(i, 0)
+        v = self.history_array(i, 1)
+        tmp = self.temp(i)
+        p = self.param
+        beta1, beta2 = np.float32(p.momentum), np.float32(p.momentum2)
+        t = self.iter + 1
+        correction = np.float32(math.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+        xp = get_array_module(g)
+        m *= beta1
+        xp.multiply(g, np.float32(1) - beta1, out=tmp)
+        m += tmp
+        xp.multiply(g, g, out=tmp)
+        tmp *= np.float32(1) - beta2
+        v *= beta2
+        v += tmp
+        xp.sqrt(v, out=tmp)
+        tmp += np.float32(p.delta)
+        xp.divide(m, tmp, out=g)
+        g *= self.local_rate(i, rate) * correction

@@ -1,0 +1,642 @@
+"""Solver: Caffe's training loop, tests, snapshots and restore (Caffe: ``Solver`` +
+``SGDSolver``'s shared ``ApplyUpdate`` skeleton, src/caffe/solver.cpp and sgd_solver.cpp).
+
+A concrete solver (sgd.py, adam.py, ...) only supplies ``compute_update_value`` (Caffe's
+``ComputeUpdateValue``) and how many history sets it keeps; everything else follows
+caffe.md section 4:
+
+* construction (4.1): one train net from ``train_net_param`` / ``train_net`` / ``net_param``
+  / ``net`` with the TRAIN state merged from the file and ``train_state``; test nets from
+  ``test_net_param`` / ``test_net`` / the generic net, one per ``test_iter``; the snapshot
+  prefix probed for writability; ``random_seed`` applied before any net is built;
+* ``step(n)`` (4.2) with ``iter_size`` accumulation, ``average_loss`` smoothing, display
+  lines in Caffe's glog format (parse_log.py reads them), callbacks, action requests;
+* ``apply_update()`` (4.3): learning rate (+ warm-up), global-norm gradient clipping,
+  ``iter_size`` normalization, L2/L1 regularization, the update rule, ``Net::Update``;
+* snapshot / restore (4.6) in BINARYPROTO or HDF5, each file written atomically;
+* beyond Caffe: a non-finite loss stops training with the iteration and the layer where the
+  first non-finite value appeared (:class:`TrainingDivergedError`), leaving the last good
+  snapshot untouched.
+"""
+import logging
+import math
+import os
+import time
+
+import numpy as np
+
+from .. import backend
+from ..blob import Blob
+from ..io.binary import read_net_param, read_solver_param
+from ..io.errors import QcaffeError
+from ..io.files import display_path
+from ..io.solverstate import read_solver_state, write_solver_state
+from ..io.upgrade import upgrade_solver_as_needed
+from ..log import fmt
+from ..net import Net
+from ..proto import caffe_pb2
+from . import action as solver_action
+from .lr_policy import learning_rate, policy_function
+
+log = logging.getLogger('qcaffe')
+f32 = np.float32
+
+
+class SolverError(QcaffeError):
+    """A solver definition or state Caffe would refuse (names the file, field and choices)."""
+
+
+class TrainingDivergedError(SolverError):
+    """The loss became NaN/inf; ``iteration`` and ``layer`` say where."""
+
+    def __init__(self, message, iteration, layer=None, blob=None):
+        super().__init__(message)
+        self.iteration = iteration
+        self.layer = layer
+        self.blob = blob
+
+
+class _Callback(object):
+    """pycaffe's ``add_callback(on_start, on_gradients_ready)`` as one object."""
+
+    def __init__(self, on_start, on_gradients_ready):
+        self.on_start = on_start
+        self.on_gradients_ready = on_gradients_ready
+
+
+class _Param(object):
+    """What the update loop needs for one learnable param (built once; cheap to iterate)."""
+    __slots__ = ('blob', 'lr_mult', 'decay_mult', 'layer', 'index', 'name', 'learnable')
+
+    def __init__(self, blob, lr_mult, decay_mult, layer, index, name, learnable):
+        self.blob = blob
+        self.lr_mult = f32(lr_mult)
+        self.decay_mult = f32(decay_mult)
+        self.layer = layer
+        self.index = index
+        self.name = name
+        self.learnable = learnable
+
+
+class Solver(object):
+    """Caffe: ``Solver<float>`` / ``SGDSolver<float>``.
+
+    ``Solver(param_or_path)`` takes a ``caffe_pb2.SolverParameter`` or a solver prototxt path.
+    The class decides the update rule (as pycaffe's ``SGDSolver(file)`` does); use
+    :func:`qcaffe.solvers.create_solver` to choose the class from the file's ``type``.
+    """
+    type = None                 # the registered type string
+    num_history_sets = 1        # AdaDelta / Adam keep 2 (history_ is 2N blobs in Caffe)
+    net_class = Net             # pycaffe substitutes its Net subclass here
+
+    def __init__(self, param, source=None, rank=0):
+        if isinstance(param, caffe_pb2.SolverParameter):
+            p = caffe_pb2.SolverParameter()
+            p.CopyFrom(param)
+            if p.HasField('solver_type'):
+                upgrade_solver_as_needed(p, source or '<SolverParameter>')
+            self.source = source or '<SolverParameter>'
+        else:
+            self.source = os.fsdecode(os.fspath(param))
+            p = read_solver_param(self.source)
+        self.param = p
+        self.rank = rank
+        self.callbacks = []
+        self.action_function = None
+        self.requested_early_exit = False
+        self.iter = 0
+        self.current_step = 0
+        self.smoothed_loss = 0.0
+        self._losses = []
+        self.test_results = []          # per test net: [(output name, mean), ...]
+        self.last_snapshot = None       # (model file, state file) of the latest snapshot
+        self.check_nan = True
+        self._init()
+
+    # -------------------------------------------------------------- construction
+    def _fail(self, field, message):
+        raise SolverError('%s: %s: %s' % (display_path(self.source), field, message))
+
+    def _init(self):
+        p = self.param
+        log.info('Initializing solver from parameters: \n%s', p)
+        if p.average_loss < 1:
+            self._fail('average_loss', 'must be >= 1 (got %d)' % p.average_loss)
+        if p.iter_size < 1:
+            self._fail('iter_size', 'must be >= 1 (got %d)' % p.iter_size)
+        if not p.HasField('lr_policy'):
+            self._fail('lr_policy', 'is not set; Caffe has no default. Set lr_policy to one '
+                       'of: fixed, step, exp, inv, multistep, poly, sigmoid')
+        try:
+            policy_function(p.lr_policy)
+        except QcaffeError as e:
+            self._fail('lr_policy', str(e))
+        if p.regularization_type not in ('L1', 'L2'):
+            self._fail('regularization_type', 'Unknown regularization type: %r; valid: L1, L2'
+                       % p.regularization_type)
+        self.check_param()
+        self.check_snapshot_write_permissions()
+        if p.random_seed >= 0:
+            backend.set_random_seed(p.random_seed + self.rank)
+        self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets()
+        self._pre_solve()
+
+    def check_param(self):
+        """Update-rule specific checks (Caffe: the solver constructors' CHECKs)."""
+
+    def _read_net(self, path, field):
+        try:
+            return read_net_param(path)
+        except QcaffeError as e:
+            raise SolverError('%s: %s: cannot read net %r: %s'
+                              % (display_path(self.source), field, path, e)) from None
+
+    def _init_train_net(self):
+        """Caffe: ``Solver::InitTrainNet``."""
+        p = self.param
+        given = [f for f in ('train_net_param', 'train_net', 'net_param', 'net') if p.HasField(f)]
+        if len(given) != 1:
+            self._fail('train net', 'exactly one of train_net_param, train_net, net_param, net '
+                       'must be given (found %s)' % (', '.join(given) or 'none'))
+        field = given[0]
+        if field == 'train_net_param':
+            log.info('Creating training net specified in train_net_param.')
+            net_param, src = p.train_net_param, '%s (train_net_param)' % self.source
+        elif field == 'train_net':
+            log.info('Creating training net from train_net file: %s', p.train_net)
+            net_param, src = self._read_net(p.train_net, 'train_net'), p.train_net
+        elif field == 'net_param':
+            log.info('Creating training net specified in net_param.')
+            net_param, src = p.net_param, '%s (net_param)' % self.source
+        else:
+            log.info('Creating training net from net file: %s', p.net)
+            net_param, src = self._read_net(p.net, 'net'), p.net
+        param = caffe_pb2.NetParameter()
+        param.CopyFrom(net_param)
+        state = caffe_pb2.NetState()
+        state.phase = caffe_pb2.TRAIN
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        param.state.CopyFrom(state)
+        net = self.net_class.from_param(param, source=src)
+        for w in p.weights:
+            self._load_weights(net, w)
+        return net
+
+    def _init_test_nets(self):
+        """Caffe: ``Solver::InitTestNets``."""
+        p = self.param
+        generic = int(p.HasField('net')) + int(p.HasField('net_param'))
+        n_params, n_files = len(p.test_net_param), len(p.test_net)
+        num_test_nets = n_params + n_files
+        if generic:
+            if len(p.test_iter) < num_test_nets:
+                self._fail('test_iter', 'must be specified for each test network (%d test nets, '
+                           '%d test_iter)' % (num_test_nets, len(p.test_iter)))
+        elif len(p.test_iter) != num_test_nets:
+            self._fail('test_iter', 'must be specified for each test network (%d test nets, %d '
+                       'test_iter)' % (num_test_nets, len(p.test_iter)))
+        instances = num_test_nets + (len(p.test_iter) - num_test_nets)
+        if len(p.test_state) and len(p.test_state) != instances:
+            self._fail('test_state', 'must be unspecified or specified once per test net (%d '
+                       'test nets, %d test_state)' % (instances, len(p.test_state)))
+        if instances and p.test_interval <= 0:
+            self._fail('test_interval', 'must be > 0 when there are test nets (got %d)'
+                       % p.test_interval)
+        sources = []
+        for np_ in p.test_net_param:
+            sources.append(('test_net_param', np_, '%s (test_net_param)' % self.source))
+        for f in p.test_net:
+            sources.append(('test_net file: ' + f, self._read_net(f, 'test_net'), f))
+        for _ in range(instances - num_test_nets):
+            if p.HasField('net_param'):
+                sources.append(('net_param', p.net_param, '%s (net_param)' % self.source))
+            else:
+                sources.append(('net file: ' + p.net, self._read_net(p.net, 'net'), p.net))
+        nets = []
+        for i, (what, net_param, src) in enumerate(sources):
+            param = caffe_pb2.NetParameter()
+            param.CopyFrom(net_param)
+            state = caffe_pb2.NetState()
+            state.phase = caffe_pb2.TEST
+            state.MergeFrom(net_param.state)
+            if len(p.test_state):
+                state.MergeFrom(p.test_state[i])
+            param.state.CopyFrom(state)
+            log.info('Creating test net (#%d) specified by %s', i, what)
+            net = self.net_class.from_param(param, source=src)
+            for w in p.weights:
+                self._load_weights(net, w)
+            nets.append(net)
+        return nets
+
+    @staticmethod
+    def _load_weights(net, weights):
+        """Caffe: ``LoadNetWeights``: a comma-separated list of weight files."""
+        for path in weights.split(','):
+            if path:
+                log.info('Finetuning from %s', path)
+                net.copy_from(path)
+
+    def _pre_solve(self):
+        """Caffe: ``SGDSolver::PreSolve`` (+ the AdaDelta/Adam second set): zero histories."""
+        net = self.net
+        owner_ids = [i for i, o in enumerate(net.param_owners) if o < 0]
+        self._params = []
+        for lid, blob in enumerate(net.learnable_params):
+            layer_id, index = net.param_layer_indices[owner_ids[lid]]
+            layer = net.layers[layer_id]
+            learnable = index in layer.learnable_blob_indices()
+            self._params.append(_Param(blob, net.params_lr[lid], net.params_weight_decay[lid],
+                                       layer, index, '%s/%d' % (net.layer_names[layer_id], index),
+                                       learnable))
+        self.history = [Blob(*p.blob.shape) for _ in range(self.num_history_sets)
+                        for p in self._params]
+        self._temp = {}
+
+    def temp(self, i, k=0):
+        """A work array shaped like param ``i`` (Caffe's update_/temp_ blobs), reused."""
+        diff = self._params[i].blob.mutable_dev_diff
+        key = (i, k)
+        buf = self._temp.get(key)
+        if buf is None or buf.shape != diff.shape or type(buf) is not type(diff):
+            buf = backend.get_array_module(diff).empty_like(diff)
+            self._temp[key] = buf
+        return buf
+
+    def history_array(self, i, k=0):
+        """History set ``k`` of learnable param ``i`` (Caffe: ``history_[i + k*N]``)."""
+        return self.history[i + k * len(self._params)].mutable_dev_data
+
+    # ---------------------------------------------------------- public helpers
+    @property
+    def learnable_params(self):
+        return [p.blob for p in self._params]
+
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """Caffe: ``add_callback``: an object with ``on_start()`` / ``on_gradients_ready()``,
+        or pycaffe's two zero-argument callables."""
+        if on_gradients_ready is None and hasattr(on_start, 'on_gradients_ready'):
+            self.callbacks.append(on_start)
+        else:
+            self.callbacks.append(_Callback(on_start or (lambda: None),
+                                            on_gradients_ready or (lambda: None)))
+
+    def set_action_function(self, fn):
+        """Caffe: ``SetActionFunction``: ``fn()`` returns 'none', 'stop' or 'snapshot'."""
+        self.action_function = fn
+
+    def get_requested_action(self):
+        if self.action_function is None:
+            return solver_action.NONE
+        return solver_action.normalize(self.action_function())
+
+    def share_weights(self, net):
+        """pycaffe ``share_weights``: ``net`` aliases the train net's weights."""
+        net.share_trained_layers_with(self.net)
+
+    def get_learning_rate(self):
+        """Caffe: ``GetLearningRate`` (+ warm-up); advances ``current_step`` as Caffe does."""
+        rate, self.current_step = learning_rate(self.param, self.iter, self.current_step)
+        return rate
+
+    @property
+    def lr(self):
+        return float(self.get_learning_rate())
+
+    # ------------------------------------------------------------------- training
+    def solve(self, resume_file=None):
+        """Caffe: ``Solver::Solve``."""
+        p = self.param
+        log.info('Solving %s', self.net.name)
+        log.info('Learning Rate Policy: %s', p.lr_policy)
+        self.requested_early_exit = False
+        if p.snapshot_after_train:
+            # Caffe probes only when snapshot > 0; failing after hours of training because
+            # the final snapshot cannot be written helps nobody, so probe here too.
+            self.check_snapshot_write_permissions(force=True)
+        if resume_file:
+            log.info('Restoring previous solver status from %s', resume_file)
+            self.restore(resume_file)
+        start_iter = self.iter
+        self.step(p.max_iter - self.iter)
+        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+            self.snapshot()
+        if self.requested_early_exit:
+            log.info('Optimization stopped early.')
+            return
+        if p.display and self.iter % p.display == 0:
+            _, loss = self.net.forward_prefilled()
+            self._update_smoothed_loss(loss, start_iter, p.average_loss)
+            log.info('Iteration %d, loss = %s', self.iter, fmt(self.smoothed_loss))
+        if p.test_interval and self.iter % p.test_interval == 0:
+            self.test_all()
+        log.info('Optimization Done.')
+
+    def step(self, iters):
+        """Caffe: ``Solver::Step``: run ``iters`` iterations."""
+        p = self.param
+        net = self.net
+        start_iter = self.iter
+        stop_iter = self.iter + int(iters)
+        average_loss = p.average_loss
+        iter_size = p.iter_size
+        self._losses = []
+        self.smoothed_loss = 0.0
+        timer = time.perf_counter()
+        iterations_last = self.iter
+        while self.iter < stop_iter:
+            net.clear_param_diffs()
+            if (p.test_interval and self.iter % p.test_interval == 0
+                    and (self.iter > 0 or p.test_initialization)):
+                self.test_all()
+                if self.requested_early_exit:
+                    break
+            for cb in self.callbacks:
+                cb.on_start()
+            display = p.display and self.iter % p.display == 0
+            loss = 0.0
+            for _ in range(iter_size):
+                loss += net.forward_backward()
+            loss /= iter_size
+            if self.check_nan and not math.isfinite(loss):
+                self._diverged(loss)
+            self._update_smoothed_loss(loss, start_iter, average_loss)
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - iterations_last) / (lapse if lapse else 1.0)
+                log.info('Iteration %d (%s iter/s, %ss/%d iters), loss = %s', self.iter,
+                         fmt(per_s), fmt(lapse), p.display, fmt(self.smoothed_loss))
+                timer = time.perf_counter()
+                iterations_last = self.iter
+                self._log_outputs(net, 'Train', net.output_blobs, None)
+            for cb in self.callbacks:
+                cb.on_gradients_ready()
+            self.apply_update()
+            request = self.get_requested_action()
+            if (p.snapshot and self.iter % p.snapshot == 0) or request == solver_action.SNAPSHOT:
+                self.snapshot()
+            if request == solver_action.STOP:
+                self.requested_early_exit = True
+                break
+
+    def _update_smoothed_loss(self, loss, start_iter, average_loss):
+        """Caffe: ``UpdateSmoothedLoss``: running mean, then a sliding window."""
+        if len(self._losses) < average_loss:
+            self._losses.append(loss)
+            n = len(self._losses)
+            self.smoothed_loss = (self.smoothed_loss * (n - 1) + loss) / n
+        else:
+            idx = (self.iter - start_iter) % average_loss
+            self.smoothed_loss += (loss - self._losses[idx]) / average_loss
+            self._losses[idx] = loss
+
+    @staticmethod
+    def _log_outputs(net, kind, blobs, values):
+        """``    Train/Test net output #k: name = v (* w = w*v loss)``, one line per element."""
+        k = 0
+        results = []
+        for j, bid in enumerate(net.output_blob_ids):
+            name = net.blob_names[bid]
+            weight = net.blob_loss_weights_list[bid]
+            vals = blobs[j].cpu_data().ravel() if values is None else values[j]
+            for v in vals:
+                extra = (' (* %s = %s loss)' % (fmt(weight), fmt(f32(weight) * f32(v)))
+                         if weight else '')
+                log.info('    %s net output #%d: %s = %s%s', kind, k, name, fmt(v), extra)
+                results.append((name, float(v)))
+                k += 1
+        return results
+
+    def _diverged(self, loss):
+        """Stop on a non-finite loss, naming the first layer that produced one."""
+        net = self.net
+        where, layer_name, blob_name = '', None, None
+        xp = backend.xp()
+        for i, layer in enumerate(net.layers):
+            bad_params = [j for j, b in enumerate(layer.blobs)
+                          if not bool(xp.isfinite(b.dev_data).all())]
+            if bad_params:
+                layer_name = net.layer_names[i]
+                where = ('layer %r (type %s): its learnable blob(s) %s hold non-finite values '
+                         '(the previous update diverged)' % (layer_name, layer.type, bad_params))
+                break
+            bad_tops = [net.blob_names[t] for t in net.top_ids[i]
+                        if not bool(xp.isfinite(net.blobs_list[t].dev_data).all())]
+            if bad_tops:
+                layer_name, blob_name = net.layer_names[i], bad_tops[0]
+                where = ('layer %r (type %s): first non-finite output in top %r'
+                         % (layer_name, layer.type, blob_name))
+                break
+        if not where:
+            where = 'no layer output is non-finite; the loss sum overflowed'
+        kept = (' The last snapshot (%s) is kept.' % self.last_snapshot[0]
+                if self.last_snapshot else ' No snapshot is written for the diverged state.')
+        message = ('Iteration %d: the training loss is %s; %s. Training stopped before the '
+                   'update, so the weights are those after iteration %d.%s Lower base_lr, set '
+                   'clip_gradients, or check the input data.'
+                   % (self.iter, fmt(loss), where, self.iter, kept))
+        log.error(message)
+        raise TrainingDivergedError(message, self.iter, layer_name, blob_name)
+
+    # ----------------------------------------------------------------- updating
+    def apply_update(self):
+        """Caffe: ``SGDSolver::ApplyUpdate``; then ``iter += 1`` (BVLC master)."""
+        p = self.param
+        rate = self.get_learning_rate()
+        if p.display and self.iter % p.display == 0:
+            log.info('Iteration %d, lr = %s', self.iter, fmt(rate))
+        self.clip_gradients()
+        weight_decay = f32(p.weight_decay)
+        l1 = p.regularization_type == 'L1'
+        norm = f32(1.0 / p.iter_size) if p.iter_size > 1 else None
+        for i, prm in enumerate(self._params):
+            diff = prm.blob.mutable_dev_diff
+            if not prm.learnable:
+                diff.fill(0)            # masks / statistics never move
+                continue
+            if norm is not None:
+                diff *= norm
+            local_decay = weight_decay * prm.decay_mult
+            if local_decay:
+                data = prm.blob.dev_data
+                tmp = self.temp(i)
+                xp = backend.get_array_module(data)
+                if l1:
+                    xp.sign(data, out=tmp)
+                    tmp *= local_decay
+                else:
+                    xp.multiply(data, local_decay, out=tmp)
+                diff += tmp
+            self.compute_update_value(i, rate)
+            mask = prm.layer.param_update_mask(prm.index)
+            if mask is not None:
+                diff *= mask
+                self.mask_history(i, mask)
+        self.net.update()
+        self.iter += 1
+
+    def clip_gradients(self):
+        """Caffe: ``ClipGradients``: scale all diffs if their global L2 norm > clip_gradients."""
+        clip = self.param.clip_gradients
+        if clip < 0:
+            return
+        sumsq = sum(p.blob.sumsq_diff() for p in self._params)
+        l2norm = f32(math.sqrt(sumsq))
+        if l2norm > clip:
+            scale = f32(clip) / l2norm
+            log.info('Gradient clipping: scaling down gradients (L2 norm %s > %s) by scale '
+                     'factor %s', fmt(l2norm), fmt(clip), fmt(scale))
+            for p in self._params:
+                p.blob.scale_diff(scale)
+
+    def compute_update_value(self, i, rate):
+        """Caffe: ``ComputeUpdateValue``: turn param ``i``'s diff into the step to subtract."""
+        raise NotImplementedError
+
+    def mask_history(self, i, mask):
+        """Frozen entries (``Layer.param_update_mask``) also lose their history (NK INQ)."""
+        for k in range(self.num_history_sets):
+            self.history_array(i, k)[...] *= mask
+
+    def local_rate(self, i, rate):
+        return f32(rate) * self._params[i].lr_mult
+
+    # ---------------------------------------------------------------- testing
+    def test_all(self):
+        """Caffe: ``TestAll``."""
+        self.test_results = []
+        for i in range(len(self.test_nets)):
+            if self.requested_early_exit:
+                break
+            self.test_results.append(self.test(i))
+        return self.test_results
+
+    def test(self, i=0):
+        """Caffe: ``Solver::Test``: mean of every output element over ``test_iter[i]`` batches."""
+        p = self.param
+        log.info('Iteration %d, Testing net (#%d)', self.iter, i)
+        net = self.test_nets[i]
+        net.share_trained_layers_with(self.net)
+        scores = None
+        loss = 0.0
+        n = p.test_iter[i]
+        for _ in range(n):
+            request = self.get_requested_action()
+            while request != solver_action.NONE:
+                if request == solver_action.SNAPSHOT:
+                    self.snapshot()
+                elif request == solver_action.STOP:
+                    self.requested_early_exit = True
+                request = self.get_requested_action()
+            if self.requested_early_exit:
+                break
+            outputs, iter_loss = net.forward_prefilled()
+            if p.test_compute_loss:
+                loss += iter_loss
+            vals = [np.array(b.cpu_data(), dtype=np.float32).ravel() for b in outputs]
+            if scores is None:
+                scores = vals
+            else:
+                for s, v in zip(scores, vals):
+                    s += v
+        if self.requested_early_exit:
+            log.info('Test interrupted.')
+            return []
+        if p.test_compute_loss:
+            log.info('Test loss: %s', fmt(loss / n))
+        means = [s / f32(n) for s in (scores or [])]
+        return self._log_outputs(net, 'Test', None, means)
+
+    # ------------------------------------------------------------ snapshots
+    def snapshot_filename(self, extension):
+        """Caffe: ``SnapshotFilename``: ``<prefix>_iter_<N><ext>``."""
+        return '%s_iter_%d%s' % (self.param.snapshot_prefix, self.iter, extension)
+
+    def check_snapshot_write_permissions(self, force=False):
+        """Caffe: ``CheckSnapshotWritePermissions``: create and delete a probe file."""
+        p = self.param
+        if not (p.snapshot or force):
+            return
+        if p.snapshot and not p.HasField('snapshot_prefix'):
+            self._fail('snapshot_prefix', 'snapshot is specified but snapshot_prefix is not')
+        probe = self.snapshot_filename('.tempfile')
+        try:
+            with open(probe, 'w'):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            self._fail('snapshot_prefix', "Cannot write to snapshot prefix '%s' (%s).  Make "
+                       "sure that the directory exists and is writable."
+                       % (p.snapshot_prefix, e.strerror or e))
+
+    def snapshot(self):
+        """Caffe: ``Solver::Snapshot``: weights, then the solver state naming them."""
+        p = self.param
+        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            model = self.snapshot_filename('.caffemodel.h5')
+            log.info('Snapshotting to HDF5 file %s', model)
+            self.net.save_hdf5(model, p.snapshot_diff)
+            state_file = self.snapshot_filename('.solverstate.h5')
+            log.info('Snapshotting solver state to HDF5 file %s', state_file)
+        else:
+            model = self.snapshot_filename('.caffemodel')
+            log.info('Snapshotting to binary proto file %s', model)
+            self.net.save(model, p.snapshot_diff)
+            state_file = self.snapshot_filename('.solverstate')
+            log.info('Snapshotting solver state to binary proto file %s', state_file)
+        write_solver_state(state_file, self.solver_state(model))
+        self.last_snapshot = (model, state_file)
+        return state_file
+
+    def solver_state(self, learned_net=''):
+        """The SolverState proto of the current state (history blobs with shapes)."""
+        state = caffe_pb2.SolverState()
+        state.iter = self.iter
+        state.learned_net = learned_net
+        state.current_step = self.current_step
+        for h in self.history:
+            h.to_proto(state.history.add())
+        return state
+
+    def restore(self, state_file):
+        """Caffe: ``Solver::Restore``: ``.h5`` suffix = HDF5, else binary SolverState."""
+        state_file = os.fsdecode(os.fspath(state_file))
+        state = read_solver_state(state_file)
+        if len(state.history) != len(self.history):
+            raise SolverError(
+                'Incorrect length of history blobs in %s: it has %d, this %s solver on net %r '
+                'needs %d (%d learnable params x %d). Was it written by a different solver type '
+                'or net?' % (display_path(state_file), len(state.history), self.type,
+                             self.net.name, len(self.history), len(self._params),
+                             self.num_history_sets))
+        if state.learned_net:
+            self._load_weights(self.net, self._resolve_learned_net(state.learned_net,
+                                                                   state_file))
+        n = len(self._params)
+        for i, (h, bp) in enumerate(zip(self.history, state.history)):
+            try:
+                h.from_proto(bp, reshape=False)
+            except ValueError as e:
+                raise SolverError('%s: history blob %d (param %s) does not fit: %s'
+                                  % (display_path(state_file), i, self._params[i % n].name,
+                                     e)) from None
+        self.iter = state.iter
+        self.current_step = state.current_step
+        log.info('SGDSolver: restoring history')
+
+    @staticmethod
+    def _resolve_learned_net(path, state_file):
+        # Caffe resolves learned_net against the CWD only; a state moved together with its
+        # .caffemodel (or restored from another directory) is found next to the state file.
+        if os.path.exists(path):
+            return path
+        beside = os.path.join(os.path.dirname(state_file), os.path.basename(path))
+        if os.path.exists(beside):
+            log.info('learned_net %s not found from the working directory; using %s', path,
+                     beside)
+            return beside
+        raise SolverError('Solver state %s names the weights file %r (learned_net), which '
+                          'exists neither relative to the working directory nor next to the '
+                          'state file' % (display_path(state_file), path))
