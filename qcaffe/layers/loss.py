@@ -307,20 +307,10 @@ class InfogainLossLayer(_ClassLossLayer):
 
 
 def _read_blob_proto(path, layer):
-    """A Blob from a binaryproto file (Caffe: ReadProtoFromBinaryFile + Blob::FromProto)."""
-    try:
-        with open(path, 'rb') as f:
-            raw = f.read()
-    except OSError as e:
-        raise LayerError('Layer %r (type %s): cannot read %r: %s'
-                         % (layer.name, layer.type, path, e.strerror or e))
-    proto = caffe_pb2.BlobProto()
-    try:
-        proto.ParseFromString(raw)
-    except Exception as e:
-        raise LayerError('Layer %r (type %s): %r is not a BlobProto binaryproto file (%s)'
-                         % (layer.name, layer.type, path, e))
-    return Blob().from_proto(proto)
+    """A Blob from a binaryproto file (Caffe: ReadProtoFromBinaryFile + Blob::FromProto);
+    qcaffe.io reports a missing, truncated or non-BlobProto file by name."""
+    from ..io.binary import read_binary_proto
+    return Blob().from_proto(read_binary_proto(path, caffe_pb2.BlobProto()))
 
 
 @register_layer('MultinomialLogisticLoss')
