@@ -28,6 +28,10 @@ COMMANDS = {
                                  'upgrade a binary net (.caffemodel) to the current format'),
     'upgrade_solver_proto_text': ('qcaffe.tools.upgrade_net_proto',
                                   'upgrade a text solver definition to the current format'),
+    'compress_report': ('qcaffe.compress.report',
+                        'per-layer bits, distinct values and packed size of a compressed model'),
+    'compress_export': ('qcaffe.compress.export',
+                        'export integer codes + scales of compressed weights to .npz'),
 }
 
 
