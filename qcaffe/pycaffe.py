@@ -542,3 +542,41 @@ def _zip_longest_empty(a, b):
     import itertools
     for x, y in itertools.zip_longest(a, b, fillvalue={}):
         yield x, y
+
+
+# ----------------------------------------------------------------------------- solvers
+# The update rules and the training loop are qcaffe.solvers'; pycaffe's classes are the same
+# classes building pycaffe Nets, so ``solver.net.blobs`` / ``solver.test_nets[0].forward()``
+# work as in pycaffe.
+from . import solvers as _solvers  # noqa: E402  (after Net, which the subclasses name)
+
+
+def _pycaffe_solver_class(core_cls):
+    return type(core_cls.__name__, (core_cls,), {
+        'net_class': Net, '__module__': __name__,
+        '__doc__': 'pycaffe ``caffe.%s(solver_file)``: %s' % (
+            core_cls.__name__, (core_cls.__doc__ or '').strip().split('\n')[0])})
+
+
+SGDSolver = _pycaffe_solver_class(_solvers.SGDSolver)
+NesterovSolver = _pycaffe_solver_class(_solvers.NesterovSolver)
+AdaGradSolver = _pycaffe_solver_class(_solvers.AdaGradSolver)
+RMSPropSolver = _pycaffe_solver_class(_solvers.RMSPropSolver)
+AdaDeltaSolver = _pycaffe_solver_class(_solvers.AdaDeltaSolver)
+AdamSolver = _pycaffe_solver_class(_solvers.AdamSolver)
+_BY_CORE = {c.__bases__[0]: c for c in (SGDSolver, NesterovSolver, AdaGradSolver,
+                                        RMSPropSolver, AdaDeltaSolver, AdamSolver)}
+
+
+def get_solver(filename):
+    """pycaffe ``caffe.get_solver(file)``: the solver class named by the file's ``type``
+    (legacy ``solver_type`` upgraded), with pycaffe Nets."""
+    from .io.binary import read_solver_param
+    _check_readable(filename)
+    source = os.fsdecode(os.fspath(filename))
+    param = read_solver_param(source)
+    core_cls = _solvers.solver_class(param.type, source)
+    cls = _BY_CORE.get(core_cls)
+    if cls is None:  # a type beyond pycaffe's six (LarsSGD, registered extensions)
+        cls = _BY_CORE[core_cls] = _pycaffe_solver_class(core_cls)
+    return cls(param, source=source)
