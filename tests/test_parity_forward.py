@@ -58,8 +58,8 @@ def run_model(name):
     ref = np.load(require_shared('caffe_ref', 'forward', name + '.npz'))
     if weights.endswith('.h5'):
         pytest.importorskip('h5py')
-    net = Net.from_param(read_net_param(require_shared('models', folder, proto)),
-                         phase=caffe_pb2.TEST)
+    proto_path = require_shared('models', folder, proto)
+    net = Net.from_param(read_net_param(proto_path), phase=caffe_pb2.TEST, source=proto_path)
     net.copy_from(require_shared('models', folder, weights))
     inputs = {k[len('input/'):]: ref[k] for k in ref.files if k.startswith('input/')}
     assert inputs, 'no input/<name> arrays in %s.npz' % name
