@@ -5,29 +5,11 @@ import pytest
 from qcaffe import backend
 from qcaffe.io import parse_prototxt_text, read_binary_proto, read_net_param
 from qcaffe.io.errors import QcaffeError
-from qcaffe.layers.base import Layer, layer_type_list, register_layer
 from qcaffe.net import Net, NetError, WeightsMismatchError
 from qcaffe.proto import caffe_pb2
 from shared_data import require_shared
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
-
-if 'Input' not in layer_type_list():   # until the data layers land: Caffe's InputLayer
-    @register_layer('Input')
-    class _InputLayer(Layer):
-        exact_num_bottom = 0
-        min_top = 1
-
-        def layer_setup(self, bottom, top):
-            shapes = self.layer_param.input_param.shape
-            for i, t in enumerate(top):
-                t.reshape(tuple(shapes[0 if len(shapes) == 1 else i].dim))
-
-        def reshape(self, bottom, top):
-            pass
-
-        def forward_impl(self, bottom, top):
-            pass
 
 
 def make_net(text, phase=None, level=None, stages=None):
