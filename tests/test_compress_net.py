@@ -1,0 +1,199 @@
+"""μL2Q compression through the Net: .caffemodel fields (BlobProto 10–17), save → load →
+identical outputs, TEST-phase use of the stored quantize array, plain-prototxt loading,
+pycaffe attributes, NetSpec keywords, compress_report / compress_export."""
+import numpy as np
+import pytest
+
+from qcaffe.io import parse_prototxt_text
+from qcaffe.net import Net
+from qcaffe.proto import caffe_pb2
+
+NET = '''
+name: "tiny"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 3 dim: 8 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.4 }
+                        bias_filler { type: "gaussian" std: 0.2 } }
+  %s }
+layer { name: "relu" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "out"
+  inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.4 } }
+  %s }
+'''
+COMP1 = ('weights_compress: "ULQ" weights_compress: "Ternary_Quantize" '
+         'weights_compress_param { maxbits: 2 } weights_compress_param { maxbits: 4 } '
+         'activations_compress: "Clip" activations_compress_param { maxbits: 8 }')
+COMP2 = 'weights_compress: "Quantize" weights_compress_param { maxbits: 4 }'
+
+
+def make_net(phase, comp1=COMP1, comp2=COMP2):
+    param = caffe_pb2.NetParameter()
+    parse_prototxt_text(NET % (comp1, comp2), param)
+    return Net.from_param(param, phase=phase)
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A TRAIN net forwarded once and saved; returns (net, path, input, output)."""
+    net = make_net(caffe_pb2.TRAIN)
+    x = np.random.RandomState(0).randn(3, 8).astype(np.float32)
+    net.blob_by_name('data').data[...] = x
+    net.forward_prefilled()
+    path = str(tmp_path / 'tiny.caffemodel')
+    net.save(path)
+    return net, path, x, net.blob_by_name('out').data.copy()
+
+
+def forward(net, x):
+    net.blob_by_name('data').data[...] = x
+    net.forward_prefilled()
+    return net.blob_by_name('out').data.copy()
+
+
+def test_caffemodel_holds_fp_data_quantize_and_params(trained):
+    net, path, _, _ = trained
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
+    w = net.layers[net.layer_names.index('ip1')].blobs[0]
+    np.testing.assert_array_equal(np.asarray(ip1.blobs[0].data, np.float32).reshape(6, 8),
+                                  w.data)          # real Caffe reads the FP weights
+    np.testing.assert_array_equal(np.asarray(ip1.blobs[0].quantize, np.float32).reshape(6, 8),
+                                  w.quantize)
+    assert ip1.blobs[0].maxbits == 2 and ip1.blobs[0].alpha == pytest.approx(
+        w.compress_state.alpha)
+    assert ip1.blobs[1].fixedpos == net.layers[1].blobs[1].compress_state.fixedpos
+    assert list(ip1.weights_compress) == ['ULQ', 'Ternary_Quantize']
+    assert ip1.weights_compress_param[0].alpha == pytest.approx(w.compress_state.alpha)
+    assert ip1.activations_compress_param[0].alpha > 0
+    relu = [l for l in saved.layer if l.name == 'relu'][0]
+    assert not relu.blobs
+    # BVLC Caffe sees fields 10–17 as unknown: dropping them leaves a valid plain model
+    plain = caffe_pb2.BlobProto()
+    plain.CopyFrom(ip1.blobs[0])
+    for f in ('quantize', 'alpha', 'delta', 'fixedpos', 'maxbits'):
+        plain.ClearField(f)
+    assert len(plain.data) == 48
+
+
+def test_save_load_identical_outputs_train_and_test(trained):
+    net, path, x, out = trained
+    for phase in (caffe_pb2.TEST, caffe_pb2.TRAIN):
+        net2 = make_net(phase)
+        net2.copy_from(path)
+        np.testing.assert_array_equal(forward(net2, x), out)
+        l1, l2 = net.layers[1], net2.layers[1]
+        np.testing.assert_array_equal(l1.blobs[0].quantize, l2.blobs[0].quantize)
+        assert l2.weights_compress_param[0].alpha == pytest.approx(
+            l1.weights_compress_param[0].alpha)
+        assert l2.weights_compress == ['ULQ', 'Ternary_Quantize']
+        assert l2.activations_compress == ['Clip']
+
+
+def test_test_phase_uses_stored_quantize_until_weights_change(trained, tmp_path):
+    net, path, x, out = trained
+    # a file whose stored quantize differs from Q(W) (e.g. written by the fork with its
+    # one-update lag): TEST runs with the stored array
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    ip2 = [l for l in saved.layer if l.name == 'ip2'][0]
+    q = np.asarray(ip2.blobs[0].quantize, np.float32)
+    ip2.blobs[0].ClearField('quantize')
+    ip2.blobs[0].quantize.extend((q * 2).tolist())
+    tampered = str(tmp_path / 'tampered.caffemodel')
+    open(tampered, 'wb').write(saved.SerializeToString())
+    net2 = make_net(caffe_pb2.TEST)
+    net2.copy_from(tampered)
+    y = forward(net2, x)
+    np.testing.assert_allclose(y, 2 * out, rtol=1e-5, atol=1e-6)   # ip2 is linear after ReLU
+    # once the FP weights change (e.g. shared with a training net) Q(W) is recomputed
+    ip2_blob = net2.layers[net2.layer_names.index('ip2')].blobs[0]
+    ip2_blob.data[...] *= 1.0 + 1e-3
+    y = forward(net2, x)
+    assert np.abs(y - out).max() < 0.1 * np.abs(out).max()
+    # TRAIN never uses the stored array
+    net3 = make_net(caffe_pb2.TRAIN)
+    net3.copy_from(tampered)
+    np.testing.assert_array_equal(forward(net3, x), out)
+
+
+def test_test_phase_without_stored_quantize_computes_it(trained, tmp_path):
+    net, path, x, out = trained
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    for l in saved.layer:
+        for b in l.blobs:
+            b.ClearField('quantize')
+    stripped = str(tmp_path / 'fp_only.caffemodel')
+    open(stripped, 'wb').write(saved.SerializeToString())
+    net2 = make_net(caffe_pb2.TEST)
+    net2.copy_from(stripped)
+    np.testing.assert_array_equal(forward(net2, x), out)
+
+
+def test_plain_prototxt_runs_with_the_quantized_values(trained):
+    net, path, x, _ = trained
+    plain = make_net(caffe_pb2.TEST, comp1='', comp2='')
+    plain.copy_from(path)
+    for name in ('ip1', 'ip2'):
+        src = net.layers[net.layer_names.index(name)]
+        dst = plain.layers[plain.layer_names.index(name)]
+        for i, b in enumerate(dst.blobs):
+            ref = src.blobs[i].quantize
+            np.testing.assert_array_equal(b.data, src.blobs[i].data if ref is None else ref)
+            assert b.quantize is None
+    forward(plain, x)   # runs (without the activation Clip of the compressed prototxt)
+
+
+def test_report_and_export_from_files(trained, tmp_path, capsys):
+    from qcaffe.cli import main
+    net, path, _, _ = trained
+    assert main(['compress_report', '--weights', path]) == 0
+    text = capsys.readouterr().out
+    assert 'ip1' in text and 'ULQ' in text and 'Ternary_Quantize' in text
+    line = [l for l in text.splitlines() if l.startswith('ip1') and 'ULQ' in l][0]
+    assert line.split()[3] == '2' and line.split()[5] in ('3', '4')    # bits, distinct values
+    assert 'whole model' in text
+    out = str(tmp_path / 'codes.npz')
+    assert main(['compress_export', '-weights', path, '-output', out]) == 0
+    z = np.load(out)
+    codes = z['ip1/0/codes']
+    assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1, 2}
+    w = net.layers[1].blobs[0]
+    np.testing.assert_allclose(codes * z['ip1/0/scale'] + z['ip1/0/offset'], w.quantize,
+                               atol=1e-6)
+    assert set(np.unique(z['ip1/1/codes'])) <= {-1, 0, 1}
+    assert float(z['ip1/1/alpha_int']).is_integer()
+    assert np.abs(z['ip2/0/codes']).max() <= 7
+    # a plain model has nothing to export: clear message, status 1
+    plain = make_net(caffe_pb2.TEST, comp1='', comp2='')
+    p2 = str(tmp_path / 'plain.caffemodel')
+    plain.save(p2)
+    assert main(['compress_export', '--weights', p2, '--output', out]) == 1
+    assert 'nothing to export' in capsys.readouterr().err
+
+
+def test_report_of_live_net(trained):
+    from qcaffe.compress.report import net_report
+    text = net_report(trained[0])
+    assert 'Quantize' in text and 'whole model' in text
+
+
+def test_net_spec_keywords_give_the_repeated_messages():
+    from qcaffe import net_spec
+    L = net_spec.layers
+    n = net_spec.NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 1, 28, 28]))
+    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20,
+                            weights_compress=["ULQ", "ULQ"],
+                            weights_compress_param=[{"maxbits": 2}, {"maxbits": 2}],
+                            activations_compress="Clip",
+                            activations_compress_param={"maxbits": 8})
+    proto = n.to_proto()
+    conv = proto.layer[1]
+    assert list(conv.weights_compress) == ['ULQ', 'ULQ']
+    assert [p.maxbits for p in conv.weights_compress_param] == [2, 2]
+    assert list(conv.activations_compress) == ['Clip']
+    assert [p.maxbits for p in conv.activations_compress_param] == [8]
+    text = str(proto)
+    assert 'weights_compress: "ULQ"' in text and 'activations_compress_param {' in text
