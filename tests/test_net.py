@@ -482,3 +482,21 @@ layers { layer { name: "prob" type: "softmax" } bottom: "y" top: "p" }
     net.blob_by_name('x').data[...] = 1
     outs, _ = net.forward_prefilled()
     np.testing.assert_allclose(outs[0].data.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_real_caffemodel_round_trips_bit_identically(tmp_path):
+    """Weights of a caffemodel written by real Caffe, loaded and saved again by qcaffe: the
+    blob bytes (and shapes) in our file equal Caffe's."""
+    path = require_shared('models', 'lenet', 'lenet_iter_10000.caffemodel')
+    net = make_net('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 '
+                   'dim: 800 } } }\n' + ip('ip1', 'x', 'h', n=500) + ip('ip2', 'h', 'y', n=10))
+    net.copy_from(path)
+    out = tmp_path / 'again.caffemodel'
+    net.save(str(out))
+    theirs = {l.name: l for l in read_binary_proto(path, caffe_pb2.NetParameter()).layer}
+    ours = {l.name: l for l in read_binary_proto(str(out), caffe_pb2.NetParameter()).layer}
+    for name in ('ip1', 'ip2'):
+        assert len(ours[name].blobs) == len(theirs[name].blobs) == 2
+        for a, b in zip(ours[name].blobs, theirs[name].blobs):
+            assert list(a.shape.dim) == list(b.shape.dim)
+            assert a.SerializeToString() == b.SerializeToString()
