@@ -114,8 +114,13 @@ class Solver(object):
         self._init()
 
     # -------------------------------------------------------------- construction
+    def _where(self):
+        if self.source.startswith('<'):
+            return 'solver %s' % self.source
+        return 'solver file %s' % display_path(self.source)
+
     def _fail(self, field, message):
-        raise SolverError('%s: %s: %s' % (display_path(self.source), field, message))
+        raise SolverError('%s, field %s: %s' % (self._where(), field, message))
 
     def _init(self):
         p = self.param
@@ -149,8 +154,8 @@ class Solver(object):
         try:
             return read_net_param(path)
         except QcaffeError as e:
-            raise SolverError('%s: %s: cannot read net %r: %s'
-                              % (display_path(self.source), field, path, e)) from None
+            raise SolverError('%s, field %s: cannot read net %r: %s'
+                              % (self._where(), field, path, e)) from None
 
     def _init_train_net(self):
         """Caffe: ``Solver::InitTrainNet``."""
