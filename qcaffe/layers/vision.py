@@ -1,0 +1,386 @@
+"""Convolution family: Convolution, Deconvolution, Im2col.
+
+Caffe equivalents: src/caffe/layers/{base_conv,conv,deconv,im2col}_layer.cpp.
+
+Caffe loops over the images of a batch and runs one GEMM per image (and per group).  Here the
+whole minibatch is one im2col (``qcaffe.ops.im2col``) and one GEMM (or one batched matmul over
+groups), with no Python loop over images or pixels.  Two layouts are used internally, chosen per
+geometry (blobs stay in Caffe's NCHW and weights in Caffe's (out, in/group, k...) layout):
+
+* channels-first ("nchw"): columns (N, G, C/G*K, P) and ``W (G, O/G, C/G*K) @ col``; handles
+  groups, 1x1 shortcuts and is best when C is small (LeNet conv1: the unrolled rows are runs of
+  the output width);
+* channels-last ("nhwc", group 1 and C >= 8): the input is transposed to (N, *S, C), columns are
+  (N*P, K*C) gathered in contiguous runs of ``kw*C`` floats, and the product is a single large
+  GEMM ``(N*P, K*C) @ (K*C, O)`` -- about 2x faster than the channels-first gather + batched
+  GEMM on LeNet conv2.
+
+Learnable blobs are read through ``self.weight(i)`` (compression seam); param diffs accumulate,
+bottom diffs are overwritten.  The forward's column buffer is kept for the weight gradient
+(Caffe recomputes im2col in backward; keeping it trades memory for one gather per iteration).
+"""
+import numpy as np
+
+from ..backend import get_array_module
+from ..fillers import fill
+from ..ops.im2col import ConvGeometry, col2im, im2col
+from .base import Layer, LayerError, register_layer
+from .common import canonical_axis, param_needs_grad
+
+
+def _err(layer, message, *args):
+    return LayerError('Layer %r (type %s): %s' % (layer.name, layer.type, message % args))
+
+
+def spatial_param(layer, p, name, nsp, default, prefix='convolution_param'):
+    """Caffe's reading of a repeated spatial field (``kernel_size``/``stride``/``pad``/
+    ``dilation``) or its ``*_h``/``*_w`` spelling; returns a tuple of ``nsp`` ints."""
+    hw = {'kernel_size': ('kernel_h', 'kernel_w'), 'stride': ('stride_h', 'stride_w'),
+          'pad': ('pad_h', 'pad_w')}.get(name)
+    values = list(getattr(p, name))
+    if hw is not None and (p.HasField(hw[0]) or p.HasField(hw[1])):
+        if nsp != 2:
+            raise _err(layer, '%s.%s/%s can only be used for 2D convolution (this bottom has '
+                       '%d spatial axes); use the repeated %s instead',
+                       prefix, hw[0], hw[1], nsp, name)
+        if values:
+            raise _err(layer, 'Either %s.%s or %s/%s should be specified; not both.',
+                       prefix, name, hw[0], hw[1])
+        if name == 'kernel_size' and not (p.HasField(hw[0]) and p.HasField(hw[1])):
+            raise _err(layer, 'For non-square filters both %s.kernel_h and kernel_w are '
+                       'required.', prefix)
+        return (int(getattr(p, hw[0])), int(getattr(p, hw[1])))
+    if not values:
+        if default is None:
+            raise _err(layer, '%s.kernel_size (or kernel_h and kernel_w) is required.', prefix)
+        return (int(default),) * nsp
+    if len(values) not in (1, nsp):
+        raise _err(layer, '%s.%s must be specified once, or once per spatial dimension '
+                   '(%s given %d times; %d spatial dimensions).',
+                   prefix, name, name, len(values), nsp)
+    if len(values) == 1:
+        values = values * nsp
+    return tuple(int(v) for v in values)
+
+
+def conv_spatial_params(layer, p, nsp):
+    """kernel, stride, pad, dilation of a ConvolutionParameter, checked as Caffe checks them."""
+    kernel = spatial_param(layer, p, 'kernel_size', nsp, None)
+    stride = spatial_param(layer, p, 'stride', nsp, 1)
+    pad = spatial_param(layer, p, 'pad', nsp, 0)
+    dilation = spatial_param(layer, p, 'dilation', nsp, 1)
+    for field, vals in (('kernel_size', kernel), ('stride', stride), ('dilation', dilation)):
+        if any(v <= 0 for v in vals):
+            raise _err(layer, 'convolution_param.%s must be > 0 in every dimension, got %s',
+                       field, list(vals))
+    return kernel, stride, pad, dilation
+
+
+def _nchw(x, num, c):
+    return x.reshape((num, c, -1))
+
+
+class BaseConvolutionLayer(Layer):
+    """Caffe: BaseConvolutionLayer (shared parameter reading, weight creation, shapes)."""
+    min_bottom = 1
+    min_top = 1
+    equal_num_bottom_top = True
+    reverse = False  # Deconvolution swaps the roles of input and output
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.channel_axis = canonical_axis(self, bottom[0], p.axis, 'convolution_param.axis')
+        self.nsp = bottom[0].num_axes - self.channel_axis - 1
+        self.kernel, self.stride, self.pad, self.dilation = conv_spatial_params(
+            self, p, self.nsp)
+        self.is_1x1 = (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride)
+                       and all(v == 0 for v in self.pad))
+        self.channels = bottom[0].shape[self.channel_axis]
+        self.num_output = int(p.num_output)
+        if self.num_output <= 0:
+            raise _err(self, 'convolution_param.num_output must be set and > 0')
+        self.group = int(p.group)
+        if self.group <= 0:
+            raise _err(self, 'convolution_param.group must be > 0, got %d', self.group)
+        if self.channels % self.group:
+            raise _err(self, 'Number of input channels (%d) should be a multiple of '
+                       'convolution_param.group (%d).', self.channels, self.group)
+        if self.num_output % self.group:
+            raise _err(self, 'convolution_param.num_output (%d) should be a multiple of '
+                       'convolution_param.group (%d).', self.num_output, self.group)
+        if self.reverse:
+            self.conv_out_channels, self.conv_in_channels = self.channels, self.num_output
+        else:
+            self.conv_out_channels, self.conv_in_channels = self.num_output, self.channels
+        self.bias_term = p.bias_term
+        wshape = (self.conv_out_channels, self.conv_in_channels // self.group) + self.kernel
+        if self.blobs:
+            want = 1 + int(self.bias_term)
+            if len(self.blobs) != want:
+                raise _err(self, 'Incorrect number of weight blobs (%d, expected %d).',
+                           len(self.blobs), want)
+            if tuple(self.blobs[0].shape) != wshape:
+                raise _err(self, 'weight blob shape %s does not match the expected %s',
+                           self.blobs[0].shape, wshape)
+        else:
+            fill(self.new_blob(wshape), p.weight_filler)
+            if self.bias_term:
+                fill(self.new_blob(self.num_output), p.bias_filler)
+        self._geom = None
+        self._cols = {}
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        for i, b in enumerate(bottom[1:], 1):
+            if b.shape != shape:
+                raise _err(self, 'all bottoms must have the same shape: bottom %d is %s, '
+                           'bottom 0 is %s', i, b.shape_string(), bottom[0].shape_string())
+        ca = self.channel_axis
+        if len(shape) != ca + 1 + self.nsp:
+            raise _err(self, 'bottom num_axes may not change (was %d spatial axes, now %s)',
+                       self.nsp, bottom[0].shape_string())
+        if shape[ca] != self.channels:
+            raise _err(self, 'Input size incompatible with convolution kernel: the bottom has '
+                       '%d channels, the weights expect %d', shape[ca], self.channels)
+        self.num = int(np.prod(shape[:ca], dtype=np.int64))
+        in_sp = shape[ca + 1:]
+        if self.reverse:
+            out_sp = tuple(s * (i - 1) + d * (k - 1) + 1 - 2 * p for i, s, d, k, p in zip(
+                in_sp, self.stride, self.dilation, self.kernel, self.pad))
+            geom = ConvGeometry(out_sp, self.kernel, self.stride, self.pad, self.dilation)
+        else:
+            geom = ConvGeometry(in_sp, self.kernel, self.stride, self.pad, self.dilation)
+            out_sp = geom.out_shape
+        if any(o <= 0 for o in out_sp):
+            raise _err(self, 'output size %s is not positive for bottom %s (kernel %s, stride '
+                       '%s, pad %s, dilation %s)', list(out_sp), bottom[0].shape_string(),
+                       list(self.kernel), list(self.stride), list(self.pad),
+                       list(self.dilation))
+        if self._geom != geom:
+            self._geom = geom
+            self._cols = {}
+        self.out_spatial = tuple(out_sp)
+        for t in top:
+            t.reshape(shape[:ca] + (self.num_output,) + self.out_spatial)
+
+    # helpers shared by forward/backward ---------------------------------------------------
+    def _add_bias(self, y):
+        """y: (num, O, P) view of a top."""
+        if self.bias_term:
+            y += self.weight(1).reshape(1, self.num_output, 1)
+
+    def _bias_grad(self, dy):
+        if self.bias_term and param_needs_grad(self, 1):
+            self.blobs[1].mutable_dev_diff[...] += dy.sum(axis=(0, 2))
+
+
+@register_layer('Convolution')
+class ConvolutionLayer(BaseConvolutionLayer):
+    """Caffe: ConvolutionLayer.  ``top = W * bottom + b`` with groups, dilation, N-D spatial axes
+    (``axis`` picks the channel axis; every axis after it is spatial)."""
+
+    def reshape(self, bottom, top):
+        BaseConvolutionLayer.reshape(self, bottom, top)
+        # channels-last pays off when the unrolled rows (kw*C floats) are long; see module doc
+        self.layout = 'nhwc' if (self.group == 1 and not self.is_1x1 and self.nsp >= 1
+                                 and self.channels >= 8) else 'nchw'
+
+    def forward_impl(self, bottom, top):
+        w = self.weight(0)
+        if self.layout == 'nhwc':
+            self._wt = self._weights_channels_last(w)
+        for i, (b, t) in enumerate(zip(bottom, top)):
+            if self.layout == 'nhwc':
+                self._forward_nhwc(i, b.dev_data, t.mutable_dev_data)
+            else:
+                self._forward_nchw(i, b.dev_data, w, t.mutable_dev_data)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        need_w = param_needs_grad(self, 0)
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = _nchw(t.dev_diff, self.num, self.num_output)
+            self._bias_grad(dy)
+            if not (need_w or propagate_down[i]):
+                continue
+            if self.layout == 'nhwc':
+                self._backward_nhwc(i, dy, b, need_w, propagate_down[i])
+            else:
+                self._backward_nchw(i, dy, b, need_w, propagate_down[i])
+
+    # channels-first: columns (num, G, Cg*K, P) --------------------------------------------
+    def _forward_nchw(self, i, x, w, y):
+        xp = get_array_module(x)
+        g, geom = self.group, self._geom
+        cgk = self.channels // g * geom.kernel_count
+        p = geom.out_count
+        if self.is_1x1:
+            col = x.reshape(self.num, g, cgk, p)
+        else:
+            buf = geom.buffer(('col', i), (self.num, self.channels) + geom.kernel
+                              + geom.out_shape, xp)
+            col = im2col(x.reshape((self.num, self.channels) + geom.in_shape), geom, out=buf)
+            col = col.reshape(self.num, g, cgk, p)
+        self._cols[i] = col
+        y4 = y.reshape(self.num, g, self.num_output // g, p)
+        xp.matmul(w.reshape(g, self.num_output // g, cgk), col, out=y4)
+        self._add_bias(y.reshape(self.num, self.num_output, p))
+
+    def _backward_nchw(self, i, dy, b, need_w, need_x):
+        xp = get_array_module(dy)
+        g, geom = self.group, self._geom
+        og = self.num_output // g
+        p = geom.out_count
+        col = self._cols[i]
+        dy4 = dy.reshape(self.num, g, og, p)
+        if need_w:
+            dw = self.blobs[0].mutable_dev_diff.reshape(g, og, -1)
+            dw += xp.matmul(dy4, col.swapaxes(-1, -2)).sum(axis=0)
+        if need_x:
+            w = self.weight(0).reshape(g, og, -1)
+            dx = b.mutable_dev_diff
+            if self.is_1x1:
+                xp.matmul(w.swapaxes(-1, -2), dy4, out=dx.reshape(col.shape))
+            else:
+                dcol = xp.matmul(w.swapaxes(-1, -2), dy4)
+                col2im(dcol.reshape((self.num, self.channels) + geom.kernel + geom.out_shape),
+                       geom, out=dx)
+
+    # channels-last: one GEMM (num*P, K*C) @ (K*C, O) --------------------------------------
+    def _weights_channels_last(self, w):
+        # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the column rows
+        nsp = self.nsp
+        order = (0,) + tuple(range(2, 2 + nsp)) + (1,)
+        return w.transpose(order).reshape(self.num_output, -1)
+
+    def _to_channels_last(self, x, name):
+        xp = get_array_module(x)
+        geom, c = self._geom, self.channels
+        shape_cf = (self.num, c) + tuple(x.shape[self.channel_axis + 1:])
+        order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+        buf = geom.buffer(name, (self.num,) + shape_cf[2:] + (c,), xp)
+        xp.copyto(buf, x.reshape(shape_cf).transpose(order))
+        return buf
+
+    def _forward_nhwc(self, i, x, y):
+        xp = get_array_module(x)
+        geom = self._geom
+        xt = self._to_channels_last(x, 'x_nhwc')
+        buf = geom.buffer(('col', i), (self.num,) + geom.out_shape + geom.kernel
+                          + (self.channels,), xp)
+        col = im2col(xt, geom, out=buf, channels_last=True)
+        colm = col.reshape(self.num * geom.out_count, -1)
+        self._cols[i] = colm
+        ym = geom.buffer('y_nhwc', (self.num * geom.out_count, self.num_output), xp)
+        xp.matmul(colm, self._wt.T, out=ym)
+        if self.bias_term:
+            ym += self.weight(1)
+        xp.copyto(y.reshape(self.num, self.num_output, geom.out_count),
+                  ym.reshape(self.num, geom.out_count, self.num_output).transpose(0, 2, 1))
+
+    def _backward_nhwc(self, i, dy, b, need_w, need_x):
+        xp = get_array_module(dy)
+        geom = self._geom
+        dym = geom.buffer('dy_nhwc', (self.num, geom.out_count, self.num_output), xp)
+        xp.copyto(dym, dy.transpose(0, 2, 1))
+        dym = dym.reshape(-1, self.num_output)
+        if need_w:
+            dwt = xp.matmul(dym.T, self._cols[i])          # (O, K*C)
+            nsp = self.nsp
+            dwt = dwt.reshape((self.num_output,) + geom.kernel + (self.channels,))
+            inv = (0, nsp + 1) + tuple(range(1, nsp + 1))
+            self.blobs[0].mutable_dev_diff[...] += dwt.transpose(inv)
+        if need_x:
+            wt = self._weights_channels_last(self.weight(0))
+            dcol = xp.matmul(dym, wt)                        # (num*P, K*C)
+            dxt = geom.buffer('dx_nhwc', (self.num,) + geom.in_shape + (self.channels,), xp)
+            col2im(dcol.reshape((self.num,) + geom.out_shape + geom.kernel
+                                + (self.channels,)), geom, out=dxt, channels_last=True)
+            order = (0, self.nsp + 1) + tuple(range(1, self.nsp + 1))
+            dx = b.mutable_dev_diff.reshape((self.num, self.channels) + geom.in_shape)
+            xp.copyto(dx, dxt.transpose(order))
+
+
+@register_layer('Deconvolution')
+class DeconvolutionLayer(BaseConvolutionLayer):
+    """Caffe: DeconvolutionLayer (transposed convolution): the forward is the convolution's
+    backward-data, the backward-data is a convolution.  Weights (C_in, num_output/group, k...);
+    output size ``stride*(in-1) + dilation*(k-1) + 1 - 2*pad``."""
+    reverse = True
+
+    def forward_impl(self, bottom, top):
+        g, geom = self.group, self._geom
+        cin_g = self.channels // g
+        w = self.weight(0).reshape(g, cin_g, -1)          # (G, Cin/G, Og*K)
+        wt = w.swapaxes(-1, -2)
+        for b, t in zip(bottom, top):
+            x = b.dev_data.reshape(self.num, g, cin_g, geom.out_count)
+            xp = get_array_module(x)
+            col = xp.matmul(wt, x)                         # (num, G, Og*K, P_in)
+            y = t.mutable_dev_data
+            col2im(col.reshape((self.num, self.num_output) + geom.kernel + geom.out_shape),
+                   geom, out=y)
+            self._add_bias(y.reshape(self.num, self.num_output, -1))
+
+    def backward_impl(self, top, propagate_down, bottom):
+        g, geom = self.group, self._geom
+        cin_g = self.channels // g
+        need_w = param_needs_grad(self, 0)
+        for i, (t, b) in enumerate(zip(top, bottom)):
+            dy = t.dev_diff
+            xp = get_array_module(dy)
+            self._bias_grad(dy.reshape(self.num, self.num_output, -1))
+            if not (need_w or propagate_down[i]):
+                continue
+            buf = geom.buffer('col', (self.num, self.num_output) + geom.kernel
+                              + geom.out_shape, xp)
+            col = im2col(dy.reshape((self.num, self.num_output) + geom.in_shape), geom,
+                         out=buf).reshape(self.num, g, -1, geom.out_count)
+            if need_w:
+                x = b.dev_data.reshape(self.num, g, cin_g, geom.out_count)
+                dw = self.blobs[0].mutable_dev_diff.reshape(g, cin_g, -1)
+                dw += xp.matmul(x, col.swapaxes(-1, -2)).sum(axis=0)
+            if propagate_down[i]:
+                w = self.weight(0).reshape(g, cin_g, -1)
+                xp.matmul(w, col, out=b.mutable_dev_diff.reshape(
+                    self.num, g, cin_g, geom.out_count))
+
+
+@register_layer('Im2col')
+class Im2colLayer(Layer):
+    """Caffe: Im2colLayer.  Top (N, C*prod(kernel), *out): row (c, k...) of Caffe's col buffer
+    for every output position; backward is col2im (overlapping windows add up)."""
+    exact_num_bottom = 1
+    exact_num_top = 1
+
+    def layer_setup(self, bottom, top):
+        p = self.layer_param.convolution_param
+        self.channel_axis = canonical_axis(self, bottom[0], p.axis, 'convolution_param.axis')
+        self.nsp = bottom[0].num_axes - self.channel_axis - 1
+        self.kernel, self.stride, self.pad, self.dilation = conv_spatial_params(
+            self, p, self.nsp)
+        self._geom = None
+
+    def reshape(self, bottom, top):
+        shape = bottom[0].shape
+        ca = self.channel_axis
+        self.num = int(np.prod(shape[:ca], dtype=np.int64))
+        self.channels = shape[ca]
+        geom = ConvGeometry(shape[ca + 1:], self.kernel, self.stride, self.pad, self.dilation)
+        if any(o <= 0 for o in geom.out_shape):
+            raise _err(self, 'output size %s is not positive for bottom %s',
+                       list(geom.out_shape), bottom[0].shape_string())
+        if self._geom != geom:
+            self._geom = geom
+        top[0].reshape(shape[:ca] + (self.channels * geom.kernel_count,) + geom.out_shape)
+
+    def forward_impl(self, bottom, top):
+        geom = self._geom
+        x = bottom[0].dev_data.reshape((self.num, self.channels) + geom.in_shape)
+        im2col(x, geom, out=top[0].mutable_dev_data)
+
+    def backward_impl(self, top, propagate_down, bottom):
+        if not propagate_down[0]:
+            return
+        geom = self._geom
+        col = top[0].dev_diff.reshape((self.num, self.channels) + geom.kernel + geom.out_shape)
+        col2im(col, geom, out=bottom[0].mutable_dev_diff)
