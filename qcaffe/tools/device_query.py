@@ -103,7 +103,9 @@ def run(args):
                      'runs on the CPU.')
     if gpus:
         log.info('Querying GPUs %s', args.gpu or ','.join(str(g) for g in gpus))
-    count = len(visible_gpus()) if gpus else 0
+    if gpus:
+        from .. import backend
+        count = backend.cupy_module().cuda.runtime.getDeviceCount()  # clear error without cupy
     for g in gpus:
         if not 0 <= g < count:
             raise ToolError('--gpu %d: no such device (%d visible)' % (g, count))

@@ -11,14 +11,11 @@ and test nets, and runs ``Solve``.
 
 --iterations (not a Caffe train flag) overrides ``max_iter``: handy for short runs and tests.
 
-Signals: a handler only records the request; the solver polls
-:meth:`SignalHandler.action` (Caffe's ``GetActionFunction``) once per iteration and during
+Signals: :class:`qcaffe.solvers.action.SignalHandler` only records a received signal; the
+solver polls its action function (Caffe's ``GetActionFunction``) once per iteration and during
 testing and acts on the answer ('stop', 'snapshot' or 'none').
 """
 import logging
-import os
-import signal
-
 from . import ArgumentParser, ToolError, gpu_name, parse_gpu_ids, require_file, require_flag
 from . import run_main, select_gpu, split_list
 from ..proto import caffe_pb2
@@ -26,57 +23,6 @@ from ..proto import caffe_pb2
 log = logging.getLogger('qcaffe')
 
 EFFECTS = ('stop', 'snapshot', 'none')
-
-
-class SignalHandler(object):
-    """Caffe's ``SignalHandler``: map SIGINT / SIGHUP to solver actions.
-
-    ``install()`` replaces the Python handlers (restored by ``uninstall()``); a received
-    signal only sets a flag, which :meth:`action` reports once and clears, SIGINT first, as
-    Caffe's ``CheckForSignals`` does.  With effect 'none' the signal is still caught, so a
-    Ctrl-C with ``--sigint_effect none`` does not kill the run.
-    """
-
-    def __init__(self, sigint_effect='stop', sighup_effect='snapshot'):
-        self.effects = {}
-        for name, effect in (('SIGINT', sigint_effect), ('SIGHUP', sighup_effect)):
-            if effect not in EFFECTS:
-                raise ToolError('--%s_effect must be one of %s, got %r'
-                                % (name[3:].lower(), ', '.join(EFFECTS), effect))
-            if hasattr(signal, name):  # no SIGHUP on Windows
-                self.effects[getattr(signal, name)] = effect
-        self.pending = set()
-        self._previous = {}
-
-    def _handle(self, signum, frame):
-        self.pending.add(signum)
-
-    def install(self):
-        for signum in self.effects:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
-        return self
-
-    def uninstall(self):
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous = {}
-
-    def action(self):
-        """'stop', 'snapshot' or 'none': the request of the oldest pending signal."""
-        for signum in (getattr(signal, 'SIGINT', None), getattr(signal, 'SIGHUP', None)):
-            if signum in self.pending:
-                self.pending.discard(signum)
-                return self.effects.get(signum, 'none')
-        return 'none'
-
-    def __enter__(self):
-        return self.install()
-
-    def __exit__(self, *exc):
-        self.uninstall()
 
 
 # ------------------------------------------------------------------------- parsing
@@ -142,21 +88,10 @@ def choose_devices(args, solver_param):
     return gpus
 
 
-def make_solver(solver_param):
+def make_solver(solver_param, source):
     """Caffe: ``SolverRegistry<float>::CreateSolver(solver_param)``."""
     from ..solvers import create_solver
-    return create_solver(solver_param)
-
-
-def check_snapshot_dir(solver_param):
-    """Fail before training when snapshots cannot be written (Caffe probes with a tempfile)."""
-    if solver_param.snapshot <= 0 and not solver_param.snapshot_after_train:
-        return
-    prefix = solver_param.snapshot_prefix
-    directory = os.path.dirname(prefix) or '.'
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-        raise ToolError("Cannot write to snapshot prefix '%s'. Make sure that the directory "
-                        "%s exists and is writable." % (prefix, directory))
+    return create_solver(solver_param, source=source)
 
 
 def run(args):
@@ -179,13 +114,17 @@ def run(args):
         for path in split_list(args.weights):
             require_file(path, 'weights file (--weights)')
             solver_param.weights.append(path)
-    check_snapshot_dir(solver_param)
     choose_devices(args, solver_param)
 
-    handler = SignalHandler(args.sigint_effect, args.sighup_effect)
-    with handler:
-        solver = make_solver(solver_param)
-        solver.set_action_function(handler.action)
+    for name in ('sigint_effect', 'sighup_effect'):
+        if getattr(args, name) not in EFFECTS:
+            raise ToolError('--%s must be one of %s, got %r'
+                            % (name, ', '.join(EFFECTS), getattr(args, name)))
+    from ..solvers import SignalHandler
+    with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
+        # Caffe builds the solver (and probes the snapshot prefix) before training starts.
+        solver = make_solver(solver_param, args.solver)
+        solver.set_action_function(handler.get_action_function())
         if args.snapshot:
             log.info('Resuming from %s', args.snapshot)
             solver.restore(args.snapshot)
