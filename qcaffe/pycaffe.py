@@ -13,6 +13,7 @@ module functions).  Everything here is a thin front end (caffe.md section 6):
 import collections
 import logging
 import os
+import sys
 import time
 
 import numpy as np
@@ -84,7 +85,17 @@ def init_log(level=0, stderr=True):
     ``stderr`` writes log files under /tmp; qcaffe always writes to stderr.
     """
     from .log import setup_logging
-    setup_logging(logging.INFO + 10 * int(level))
+    setup_logging(logging.INFO + 10 * int(level), stream=_CurrentStderr())
+
+
+class _CurrentStderr(object):
+    """Writes to whatever ``sys.stderr`` is at the time (Jupyter and pytest replace it)."""
+
+    def write(self, text):
+        sys.stderr.write(text)
+
+    def flush(self):
+        sys.stderr.flush()
 
 
 # Data-parallel bookkeeping.  Caffe stores these in its per-process singleton; qcaffe trains in
@@ -386,7 +397,7 @@ class Net(_CoreNet):
                 raise Exception('Input blob arguments do not match net inputs.')
             for name, array in kwargs.items():
                 blob = self.blobs[name]
-                if np.shape(array)[0] != blob.shape[0]:
+                if not _batch_sized(array, blob):
                     raise Exception('Input is not batch sized')
                 blob.data[...] = array
         self._forward(start_ind, end_ind)
@@ -413,7 +424,7 @@ class Net(_CoreNet):
                 raise Exception('Top diff arguments do not match net outputs.')
             for name, diff in kwargs.items():
                 blob = self.blobs[name]
-                if np.shape(diff)[0] != blob.shape[0]:
+                if not _batch_sized(diff, blob):
                     raise Exception('Diff is not batch sized')
                 blob.diff[...] = diff
         self._backward(start_ind, end_ind)
@@ -535,6 +546,14 @@ class Net(_CoreNet):
 
     def after_backward(self, fn):
         self.add_hook('after_backward', fn)
+
+
+def _batch_sized(array, blob):
+    """pycaffe's check: same first dimension (a 0-axis blob, e.g. a loss, takes one value)."""
+    shape = np.shape(array)
+    if not blob.shape:
+        return int(np.prod(shape)) == 1
+    return len(shape) >= 1 and shape[0] == blob.shape[0]
 
 
 def _zip_longest_empty(a, b):

@@ -549,6 +549,8 @@ class Solver(object):
         if self.requested_early_exit:
             log.info('Test interrupted.')
             return []
+        if scores is None:  # test_iter 0: Caffe's Test loops zero times and prints nothing
+            return []
         if p.test_compute_loss:
             log.info('Test loss: %s', fmt(loss / n))
         means = [s / f32(n) for s in (scores or [])]
