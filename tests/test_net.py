@@ -485,18 +485,23 @@ layers { layer { name: "prob" type: "softmax" } bottom: "y" top: "p" }
 
 
 def test_real_caffemodel_round_trips_bit_identically(tmp_path):
-    """Weights of a caffemodel written by real Caffe, loaded and saved again by qcaffe: the
-    blob bytes (and shapes) in our file equal Caffe's."""
+    """Real Caffe's LeNet (deploy prototxt + caffemodel) loaded and saved again by qcaffe: every
+    weight BlobProto in our file is byte-identical to Caffe's, and it loads back the same."""
     path = require_shared('models', 'lenet', 'lenet_iter_10000.caffemodel')
-    net = make_net('layer { name: "d" type: "Input" top: "x" input_param { shape { dim: 1 '
-                   'dim: 800 } } }\n' + ip('ip1', 'x', 'h', n=500) + ip('ip2', 'h', 'y', n=10))
+    net = Net.from_param(read_net_param(require_shared('models', 'lenet', 'lenet.prototxt')))
     net.copy_from(path)
     out = tmp_path / 'again.caffemodel'
     net.save(str(out))
     theirs = {l.name: l for l in read_binary_proto(path, caffe_pb2.NetParameter()).layer}
     ours = {l.name: l for l in read_binary_proto(str(out), caffe_pb2.NetParameter()).layer}
-    for name in ('ip1', 'ip2'):
+    with_blobs = [n for n in net.layer_names if len(net.layers[net.layer_index(n)].blobs)]
+    assert with_blobs == ['conv1', 'conv2', 'ip1', 'ip2']
+    for name in with_blobs:
         assert len(ours[name].blobs) == len(theirs[name].blobs) == 2
         for a, b in zip(ours[name].blobs, theirs[name].blobs):
             assert list(a.shape.dim) == list(b.shape.dim)
             assert a.SerializeToString() == b.SerializeToString()
+    again = Net.from_param(read_net_param(require_shared('models', 'lenet', 'lenet.prototxt')))
+    again.copy_from(str(out))
+    for a, b in zip(net.params_list, again.params_list):
+        assert a.data.tobytes() == b.data.tobytes()
