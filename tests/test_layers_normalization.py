@@ -222,7 +222,7 @@ def test_batchnorm_running_stats_match_caffe():
         layer.forward([b], [t])
         for i in range(3):
             np.testing.assert_allclose(layer.blobs[i].data, ref['step%d/bn1/%d' % (k, i)],
-                                       rtol=2e-4, atol=1e-5, err_msg='step %d blob %d' % (k, i))
+                                       rtol=1e-5, atol=1e-6, err_msg='step %d blob %d' % (k, i))
         conv_w = [ref['step%d/conv1/0' % k], ref['step%d/conv1/1' % k]]
 
 

@@ -23,6 +23,7 @@ from ..blob import Blob
 from ..io.errors import QcaffeError
 from ..proto import caffe_pb2
 from .base import Layer, LayerError, register_layer
+from .neuron import sigmoid
 
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)   # Caffe: FLT_MIN (SoftmaxWithLoss)
 LOG_THRESHOLD = np.float32(1e-20)                  # Caffe: kLOG_THRESHOLD (loss_layer.hpp)
@@ -476,12 +477,8 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         xp = get_array_module(bottom[0].dev_data)
         x = bottom[0].dev_data
         t = bottom[1].dev_data.reshape(x.shape)
-        s = self.sigmoid.mutable_dev_data
-        # sigmoid(x) = 0.5 * tanh(0.5 x) + 0.5 (Caffe's SigmoidLayer formula; no overflow)
-        xp.multiply(x, 0.5, out=s)
-        xp.tanh(s, out=s)
-        s *= 0.5
-        s += 0.5
+        # Caffe's internal SigmoidLayer: the same formula as the Sigmoid layer
+        self.sigmoid.mutable_dev_data[...] = sigmoid(xp, x)
         pos = (x >= 0).astype(np.float32)
         loss = x * (t - pos) - xp.log1p(xp.exp(x - 2 * x * pos))
         valid = self._valid(t)
