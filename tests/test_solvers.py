@@ -28,6 +28,7 @@ from qcaffe.solvers import (SOLVERS, AdamSolver, SGDSolver, SolverError,
 
 SOLVER_NAMES = ['sgd', 'nesterov', 'adagrad', 'rmsprop', 'adadelta', 'adam',
                 'sgd_itersize2', 'sgd_l1_clip']
+NOISE_AMPLIFIERS = ('adagrad', 'rmsprop')
 TINY_LAYERS = ('Input', 'Convolution', 'ReLU', 'Pooling', 'InnerProduct', 'SoftmaxWithLoss')
 BN_LAYERS = TINY_LAYERS + ('BatchNorm', 'Scale')
 
@@ -90,7 +91,15 @@ def test_three_steps_match_caffe(net_kind, name, tmp_path):
         for (layer, i), value in params_of(solver.net).items():
             key = 'step%d/%s/%d' % (k, layer, i)
             assert key in ref.files, key
-            assert_close(value, ref[key], key)
+            tol = 1e-5
+            if (net_kind == 'tiny_bn' and name in NOISE_AMPLIFIERS
+                    and (layer, i) in (('conv1', 1), ('bn1', 0))):
+                # BatchNorm right after conv1 makes conv1's bias gradient exactly zero in exact
+                # arithmetic: what is left is float rounding noise (~1e-7) on top of weight
+                # decay, and AdaGrad/RMSProp divide by its RMS, so that step is noise-driven;
+                # BatchNorm's running mean (bn1/0) contains the bias, so it inherits the noise.
+                tol = 5e-4
+            assert_close(value, ref[key], key, tol)
     # TEST-phase forward of the final weights (BatchNorm uses its global statistics)
     test = Net.from_param(solver.net.param, phase=caffe_pb2.TEST)
     test.share_trained_layers_with(solver.net)
@@ -276,6 +285,7 @@ def test_snapshot_is_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ['ip_iter_1.caffemodel', 'ip_iter_1.solverstate']
 
 
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
 def test_nan_loss_stops_with_iteration_and_layer(tmp_path):
     s = ip_solver(tmp_path, 'snapshot: 2 display: 1')
     s.step(2)
@@ -292,6 +302,7 @@ def test_nan_loss_stops_with_iteration_and_layer(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ['ip_iter_2.caffemodel', 'ip_iter_2.solverstate']
 
 
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
 def test_nan_input_names_the_first_layer_with_a_non_finite_output(tmp_path):
     s = ip_solver(tmp_path)
     s.net.blob_by_name('data').data[0, 0, 0, 0] = np.nan
@@ -300,6 +311,7 @@ def test_nan_input_names_the_first_layer_with_a_non_finite_output(tmp_path):
     assert e.value.iteration == 0 and e.value.layer == 'data' and e.value.blob == 'data'
 
 
+@pytest.mark.filterwarnings('ignore::RuntimeWarning')
 def test_diverging_learning_rate_is_caught(tmp_path):
     s = ip_solver(tmp_path, 'base_lr: 1e30 lr_policy: "fixed"')
     with pytest.raises(TrainingDivergedError) as e:
