@@ -406,3 +406,66 @@ def test_scale_bias_shape_errors():
         run(make_layer('Scale', name='sc2', scale_param={'axis': 2, 'num_axes': 3}), randn())
     with pytest.raises(LayerError, match='sc3.*axis'):
         run(make_layer('Scale', name='sc3', scale_param={'axis': 4}), randn())
+
+
+# ------------------------------------------------------------------ through the Net
+_CHAIN = '''
+name: "chain"
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
+layer { name: "bn" type: "BatchNorm" bottom: "data" top: "%(bn)s" }
+layer { name: "sc" type: "Scale" bottom: "%(bn)s" top: "%(sc)s"
+        scale_param { bias_term: true filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+layer { name: "pr" type: "PReLU" bottom: "%(sc)s" top: "%(pr)s" }
+layer { name: "mvn" type: "MVN" bottom: "%(pr)s" top: "%(mvn)s" }
+layer { name: "ip" type: "InnerProduct" bottom: "%(mvn)s" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+'''
+
+
+def _chain_net(in_place, phase):
+    from qcaffe import backend
+    from qcaffe.io.prototxt import parse_prototxt_text
+    from qcaffe.net import Net
+    from qcaffe.proto import caffe_pb2
+    names = dict(bn='data', sc='data', pr='data', mvn='data') if in_place else \
+        dict(bn='bn', sc='sc', pr='pr', mvn='mvn')
+    param = parse_prototxt_text(_CHAIN % names, caffe_pb2.NetParameter())
+    backend.set_random_seed(5)
+    return Net.from_param(param, phase=caffe_pb2.TRAIN if phase == 'TRAIN' else caffe_pb2.TEST)
+
+
+@pytest.mark.parametrize('phase', ['TRAIN', 'TEST'])
+def test_in_place_chain_in_a_net_matches_separate_blobs(phase):
+    """BN -> Scale -> PReLU -> MVN all in place on one blob gives the same loss, parameter
+    gradients, data gradient and running statistics as the same net with a blob per layer."""
+    x = randn(30, (4, 3, 5, 5)) * 2 + 1
+    label = np.array([0, 2, 1, 1], np.float32)
+    results = []
+    for in_place in (False, True):
+        net = _chain_net(in_place, phase)
+        net.blob_by_name('data').data[...] = x
+        net.blob_by_name('label').data[...] = label
+        bn = net.layers[net.layer_index('bn')]
+        if phase == 'TEST':  # give the global statistics something to do
+            bn.blobs[0].data[...] = [0.5, 1.0, 1.5]
+            bn.blobs[1].data[...] = [2.0, 4.0, 3.0]
+            bn.blobs[2].data[...] = 1.0
+        net.clear_param_diffs()
+        loss = net.forward_backward()
+        params = [b.diff.copy() for name in ('sc', 'pr', 'ip')
+                  for b in net.layers[net.layer_index(name)].blobs]
+        params.append(net.blob_by_name('data').diff.copy())  # through BN's backward
+        results.append((loss, params, bn))
+    (loss_a, params_a, bn_a), (loss_b, params_b, bn_b) = results
+    assert np.abs(params_a[-1]).max() > 1e-4
+    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
+    for a, b in zip(params_a, params_b):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+    for a, b in zip(bn_a.blobs, bn_b.blobs):
+        np.testing.assert_allclose(b.data, a.data, rtol=1e-6)
+    # BatchNorm's statistics are not learnable: three lr_mult 0 ParamSpecs, no diff
+    assert [p.lr_mult for p in bn_b.layer_param.param] == [0, 0, 0]
+    assert all(np.all(b.diff == 0) for b in bn_b.blobs)

@@ -87,7 +87,10 @@ class ReLULayer(NeuronLayer):
             return
         x = bottom[0].dev_data  # the top when in place: same sign pattern
         xp = get_array_module(x)
-        slope = xp.where(x > 0, np.float32(1), np.float32(self.negative_slope))
+        if self.negative_slope == 0:
+            slope = x > 0  # bool multiplies as 0/1: one temporary less on the hot path
+        else:
+            slope = xp.where(x > 0, np.float32(1), np.float32(self.negative_slope))
         dx = bottom[0].mutable_dev_diff
         xp.multiply(top[0].dev_diff, slope, out=dx)
 
