@@ -115,3 +115,17 @@ def test_relative_error_measure():
     assert relative_error(ref, ref) == 0
     assert relative_error(ref + [0, 0, 0, 4e-4], ref) == pytest.approx(1e-4)
     assert relative_error(np.zeros(2), np.zeros(2)) == 0
+
+
+def test_pycaffe_flow_matches_caffe():
+    """The README flow: ``qcaffe.Net(prototxt, TEST, weights=...)``, reshape, ``forward(data=)``."""
+    import qcaffe
+    ref = np.load(require_shared('caffe_ref', 'forward', 'mtcnn_det2.npz'))
+    net = qcaffe.Net(require_shared('models', 'mtcnn', 'det2.prototxt'), qcaffe.TEST,
+                     weights=require_shared('models', 'mtcnn', 'det2.caffemodel'))
+    x = ref['input/data']
+    net.blobs['data'].reshape(*x.shape)
+    out = net.forward(data=x)
+    assert sorted(out) == ['conv5-2', 'prob1']     # outputs, sorted by name as Caffe does
+    for name in out:
+        assert relative_error(out[name], ref['blob/' + name]) <= TOLERANCE
