@@ -531,3 +531,22 @@ def test_missing_net_file_and_bad_state_are_clear(tmp_path):
     state = sgd.snapshot()
     with pytest.raises(SolverError, match='Incorrect length of history blobs'):
         s.restore(state)
+
+
+def test_layer_extra_state_survives_snapshot_and_restore(tmp_path):
+    s = ip_solver(tmp_path)
+    layer = s.net.layers[s.net.layer_index('ip1')]
+    layer.extra_state = lambda: {'mu': np.array([1.5, 2.5]), 'done': np.array(True)}
+    s.step(1)
+    state = s.snapshot()
+    assert os.path.exists(state + '.layers.npz')
+    r = ip_solver(tmp_path)
+    got = {}
+    r.net.layers[r.net.layer_index('ip1')].load_extra_state = got.update
+    r.restore(state)
+    np.testing.assert_array_equal(got['mu'], [1.5, 2.5])
+    assert bool(got['done'])
+    # layers without extra state write no side file
+    os.makedirs(tmp_path / 'sub')
+    plain = ip_solver(tmp_path / 'sub')
+    assert not os.path.exists(plain.snapshot() + '.layers.npz')

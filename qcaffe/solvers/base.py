@@ -29,7 +29,7 @@ from .. import backend
 from ..blob import Blob
 from ..io.binary import read_net_param, read_solver_param
 from ..io.errors import QcaffeError
-from ..io.files import display_path
+from ..io.files import atomic_write_bytes, display_path
 from ..io.solverstate import read_solver_state, write_solver_state
 from ..io.upgrade import upgrade_solver_as_needed
 from ..log import fmt
@@ -594,8 +594,43 @@ class Solver(object):
             state_file = self.snapshot_filename('.solverstate')
             log.info('Snapshotting solver state to binary proto file %s', state_file)
         write_solver_state(state_file, self.solver_state(model))
+        self._write_layer_state(state_file)
         self.last_snapshot = (model, state_file)
         return state_file
+
+    # Layer state that is not a blob (Layer.extra_state: DNS mu/sigma, INQ flags...) has no
+    # place in Caffe's SolverState, so it goes beside it as <state>.layers.npz, keys
+    # "<layer name>/<key>"; written only when some layer has such state.
+    LAYER_STATE_SUFFIX = '.layers.npz'
+
+    def _write_layer_state(self, state_file):
+        arrays = {}
+        for name, layer in zip(self.net.layer_names, self.net.layers):
+            for key, value in (layer.extra_state() or {}).items():
+                arrays['%s/%s' % (name, key)] = (backend.to_host(value) if hasattr(value, 'get')
+                                                 else np.asarray(value))
+        if not arrays:
+            return
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(state_file + self.LAYER_STATE_SUFFIX, buf.getvalue(),
+                           'layer state')
+
+    def _read_layer_state(self, state_file):
+        path = state_file + self.LAYER_STATE_SUFFIX
+        if not os.path.exists(path):
+            return
+        per_layer = {}
+        with np.load(path) as f:
+            for k in f.files:
+                name, key = k.split('/', 1)
+                per_layer.setdefault(name, {})[key] = f[k]
+        for name, state in per_layer.items():
+            if name in self.net.layer_names:
+                self.net.layers[self.net.layer_names.index(name)].load_extra_state(state)
+            else:
+                log.warning('Layer state for unknown layer %s in %s ignored', name, path)
 
     def solver_state(self, learned_net=''):
         """The SolverState proto of the current state (history blobs with shapes)."""
@@ -629,6 +664,7 @@ class Solver(object):
                 raise SolverError('%s: history blob %d (param %s) does not fit: %s'
                                   % (display_path(state_file), i, self._params[i % n].name,
                                      e)) from None
+        self._read_layer_state(state_file)
         self.iter = state.iter
         self.current_step = state.current_step
         log.info('SGDSolver: restoring history')
