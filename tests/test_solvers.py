@@ -550,3 +550,27 @@ def test_layer_extra_state_survives_snapshot_and_restore(tmp_path):
     os.makedirs(tmp_path / 'sub')
     plain = ip_solver(tmp_path / 'sub')
     assert not os.path.exists(plain.snapshot() + '.layers.npz')
+
+
+def test_blobs_outside_learnable_blob_indices_never_move(tmp_path, monkeypatch):
+    require_layers('InnerProduct')
+    from qcaffe.layers.base import layer_class
+    # e.g. a compression layer whose blob 1 is a mask or a statistic, not a weight
+    monkeypatch.setattr(layer_class('InnerProduct'), 'learnable_blob_indices', lambda self: [0])
+    s = ip_solver(tmp_path)
+    assert [p.learnable for p in s._params] == [True, False]
+    layer = s.net.layers[s.net.layer_index('ip1')]
+    bias = layer.blobs[1].data.copy()
+    weights = layer.blobs[0].data.copy()
+    s.step(2)
+    np.testing.assert_array_equal(layer.blobs[1].data, bias)
+    assert np.any(layer.blobs[0].data != weights)
+
+
+def test_test_initialization_false_skips_the_iteration_0_test(tmp_path, caplog):
+    s = ip_solver(tmp_path, 'test_iter: 1 test_interval: 2 test_initialization: false '
+                  'max_iter: 2 snapshot_after_train: false')
+    with caplog.at_level(logging.INFO, logger='qcaffe'):
+        s.solve()
+    tests = [r.getMessage() for r in caplog.records if 'Testing net' in r.getMessage()]
+    assert tests == ['Iteration 2, Testing net (#0)']
