@@ -505,3 +505,39 @@ def test_real_caffemodel_round_trips_bit_identically(tmp_path):
     again.copy_from(str(out))
     for a, b in zip(net.params_list, again.params_list):
         assert a.data.tobytes() == b.data.tobytes()
+
+
+def test_net_backward_matches_numeric_gradient_through_splits_and_sharing():
+    """End to end: a net with a split (h feeds two layers), a shared weight and an in-place
+    Softmax; the param diffs after backward equal central differences of the net loss."""
+    text = (INPUT + 'layer { name: "t" type: "Input" top: "target" input_param { shape { '
+            'dim: 2 dim: 4 } } }\n' + ip('a', 'x', 'h', n=4) +
+            ip('b', 'h', 'y1', extra='param { name: "shared" }') +
+            ip('c', 'h', 'y2', extra='param { name: "shared" }') +
+            'layer { name: "sm" type: "Softmax" bottom: "y2" top: "y2" }\n'
+            'layer { name: "sum" type: "Eltwise" bottom: "y1" bottom: "y2" top: "s" }\n'
+            'layer { name: "loss" type: "EuclideanLoss" bottom: "s" bottom: "target" '
+            'top: "l" }\n')
+    net = make_net(text)
+    rs = np.random.RandomState(3)
+    net.blob_by_name('x').data[...] = rs.uniform(-1, 1, (2, 3))
+    net.blob_by_name('target').data[...] = rs.uniform(-1, 1, (2, 4))
+    assert 'h_a_0_split' in net.layer_names
+    net.clear_param_diffs()
+    net.forward_backward()
+    analytic = [p.diff.astype(np.float64).copy() for p in net.learnable_params]
+    step = 1e-2
+    for p, grad in zip(net.learnable_params, analytic):
+        flat = p.data.ravel()
+        for e in range(flat.size):
+            x0 = float(flat[e])
+            flat[e] = x0 + step
+            plus = net.forward_prefilled()[1]
+            flat[e] = x0 - step
+            minus = net.forward_prefilled()[1]
+            flat[e] = x0
+            numeric = (plus - minus) / (2 * step)
+            assert abs(grad.ravel()[e] - numeric) <= 2e-3 * max(1, abs(numeric)), \
+                (e, grad.ravel()[e], numeric)
+    # the shared weight is one learnable param that received both layers' gradients
+    assert len(net.learnable_params) == 5
