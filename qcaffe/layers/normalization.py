@@ -20,6 +20,15 @@ def _fail(layer, message, *args):
     raise LayerError('Layer %r (type %s): %s' % (layer.name, layer.type, message % args))
 
 
+def channel_sum(a, b=None):
+    """Sum over axes 0 and 2 of an (outer, C, inner) array, or of the product ``a * b``
+    without materialising it (Caffe does these with gemv against a ones vector)."""
+    xp = get_array_module(a)
+    if b is None:
+        return xp.einsum('ocs->c', a)
+    return xp.einsum('ocs,ocs->c', a, b)
+
+
 # -------------------------------------------------------------------------- BatchNorm
 @register_layer('BatchNorm')
 class BatchNormLayer(Layer):
@@ -79,22 +88,28 @@ class BatchNormLayer(Layer):
         shape3 = self._view_shape(bottom[0])
         x = bottom[0].dev_data.reshape(shape3)
         xp = get_array_module(x)
+        y = top[0].mutable_dev_data.reshape(shape3)
         if self.use_global_stats:
             factor = float(self.blobs[2].dev_data.reshape(-1)[0])
             factor = 0.0 if factor == 0 else 1.0 / factor
             mean = self.blobs[0].dev_data * np.float32(factor)
             var = self.blobs[1].dev_data * np.float32(factor)
-        else:
-            mean = x.mean(axis=(0, 2), dtype=np.float32)
-            centered = x - mean[None, :, None]
-            var = (centered * centered).mean(axis=(0, 2), dtype=np.float32)
-            self._update_running_stats(mean, var, shape3[0] * shape3[2])
+            self.std = xp.sqrt(var + np.float32(self.eps))
+            # y = x * (1/std) - mean/std: two passes over the data, no full-size temporary
+            inv = 1 / self.std
+            xp.multiply(x, inv[None, :, None], out=y)
+            y -= (mean * inv)[None, :, None]
+            return
+        m = shape3[0] * shape3[2]
+        mean = channel_sum(x) / np.float32(max(m, 1))
+        centered = x - mean[None, :, None]
+        var = channel_sum(centered, centered) / np.float32(max(m, 1))  # biased, as Caffe
+        self._update_running_stats(mean, var, m)
         self.std = xp.sqrt(var + np.float32(self.eps))
-        y = top[0].mutable_dev_data.reshape(shape3)
-        y[...] = (x - mean[None, :, None]) / self.std[None, :, None]
-        if not self.use_global_stats:
-            # Caffe's x_norm_: in place, later in-place layers (Scale, ReLU) overwrite the top
-            self.x_norm = y.copy()
+        xp.multiply(centered, (1 / self.std)[None, :, None], out=y)
+        # Caffe's x_norm_: in place, later in-place layers (Scale, ReLU) overwrite the top
+        self.x_norm = centered
+        self.x_norm[...] = y
 
     def _update_running_stats(self, mean, var, m):
         maf = np.float32(self.moving_average_fraction)
@@ -117,9 +132,14 @@ class BatchNormLayer(Layer):
             bottom[0].mutable_dev_diff.reshape(shape3)[...] = dy * inv_std
             return
         y = self.x_norm
-        mean_dy = dy.mean(axis=(0, 2), dtype=np.float32)[None, :, None]
-        mean_dyy = (dy * y).mean(axis=(0, 2), dtype=np.float32)[None, :, None]
-        bottom[0].mutable_dev_diff.reshape(shape3)[...] = (dy - mean_dy - y * mean_dyy) * inv_std
+        m = np.float32(max(shape3[0] * shape3[2], 1))
+        mean_dy = (channel_sum(dy) / m)[None, :, None]
+        mean_dyy = (channel_sum(dy, y) / m)[None, :, None]
+        dx = bottom[0].mutable_dev_diff.reshape(shape3)  # may be dy itself (in place)
+        xp = get_array_module(dy)
+        xp.subtract(dy, y * mean_dyy, out=dx)
+        dx -= mean_dy
+        dx *= inv_std
 
 
 # -------------------------------------------------------------------------------- MVN
@@ -236,9 +256,6 @@ class _BroadcastOperandLayer(Layer):
     def _view3(self, array):
         return array.reshape(self.outer_dim, self.dim, self.inner_dim)
 
-    def _reduce_to_operand(self, product):
-        """Sum a (outer, dim, inner) array over outer and inner: the operand's gradient."""
-        return product.sum(axis=(0, 2), dtype=np.float32)
 
     def _store_operand_grad(self, bottom, grad):
         """Param diff accumulates (Caffe: param diffs are summed over iter_size); bottom[1]'s
@@ -285,7 +302,7 @@ class BiasLayer(_BroadcastOperandLayer):
         if propagate_down[0] and bottom[0] is not top[0]:
             bottom[0].mutable_dev_diff[...] = dy
         if self._operand_grad_needed(bottom, propagate_down):
-            self._store_operand_grad(bottom, self._reduce_to_operand(self._view3(dy)))
+            self._store_operand_grad(bottom, channel_sum(self._view3(dy)))
 
 
 @register_layer('Scale')
@@ -340,12 +357,11 @@ class ScaleLayer(_BroadcastOperandLayer):
     def backward_impl(self, top, propagate_down, bottom):
         if self.bias_index is not None and param_needs_grad(self, self.bias_index):
             db = self.blobs[self.bias_index].mutable_dev_diff
-            db += self._reduce_to_operand(top[0].dev_diff.reshape(self.bias_dims)).reshape(
-                db.shape)
+            db += channel_sum(top[0].dev_diff.reshape(self.bias_dims)).reshape(db.shape)
         dy = self._view3(top[0].dev_diff)
         if self._operand_grad_needed(bottom, propagate_down):
             x = self._x_copy if top[0] is bottom[0] else self._view3(bottom[0].dev_data)
-            self._store_operand_grad(bottom, self._reduce_to_operand(dy * x))
+            self._store_operand_grad(bottom, channel_sum(dy, x))
         if propagate_down[0]:
             s = self._operand(bottom).reshape(1, self.dim, 1)
             dx = self._view3(bottom[0].mutable_dev_diff)
