@@ -68,10 +68,14 @@ def ulq(x, maxbits, out=None, large_k_compat=True):
     beta = np.float32(mu)
     inv = np.float32(1.0) / np.float32(alpha)
     half = np.float32(0.5)
-    phi = (x - beta) * inv + half
+    phi = xp.subtract(x, beta)
+    phi *= inv
+    phi += half
     xp.clip(phi, np.float32(1 - 2 ** (k - 1)), np.float32(2 ** (k - 1)), out=phi)
     n = round_away(phi)
-    out[...] = (n - half) / inv + beta
+    n -= half
+    n /= inv
+    xp.add(n, beta, out=out)
     return QuantState(alpha, float(beta), 0, k)
 
 
@@ -119,6 +123,13 @@ def ternary_quantize(x, maxbits, out=None):
     return _ternary(x, maxbits, out, fixed_point=True)
 
 
+def abs_max(x):
+    """max|x| without an |x| temporary (0 for an empty blob)."""
+    if x.size == 0:
+        return 0.0
+    return max(float(x.max()), -float(x.min()))
+
+
 def fixed_point_position(m, maxbits):
     """QC dynamic fixed point: fp = floor(log2 max|x|) − (k − 2), 0 for an all-zero blob."""
     return 0 if m <= 0 else int(math.floor(math.log2(m))) - (int(maxbits) - 2)
@@ -133,13 +144,13 @@ def quantize(x, maxbits, out=None):
     xp = get_array_module(x)
     out = x if out is None else out
     k = int(maxbits)
-    m = float(xp.abs(x).max()) if x.size else 0.0
+    m = abs_max(x)
     fp = fixed_point_position(m, k)
     step = np.float32(2.0 ** fp)
     lim = np.float32(2 ** (k - 1) - 1)
     q = round_away(x / step)
     xp.clip(q, -lim, lim, out=q)
-    out[...] = q * step
+    xp.multiply(q, step, out=out)
     return QuantState(float(step), 0.0, fp, k)
 
 
@@ -151,14 +162,14 @@ def clip(x, maxbits, out=None):
     xp = get_array_module(x)
     out = x if out is None else out
     k = int(maxbits)
-    m = float(xp.abs(x).max()) if x.size else 0.0
+    m = abs_max(x)
     levels = 2 ** (k - 1) - 1
     if m == 0 or levels == 0:
         out[...] = 0
         return QuantState(0.0, 0.0, 0, k)
     s = np.float32(levels / m)
     alpha = np.float32(1.0) / s
-    out[...] = round_away(x * s) * alpha
+    xp.multiply(round_away(x * s), alpha, out=out)
     return QuantState(float(alpha), 0.0, 0, k)
 
 

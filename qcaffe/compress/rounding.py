@@ -12,13 +12,23 @@ from ..backend import get_array_module
 
 
 def round_away(x):
-    """Round half away from zero (Caffe forks' rounding) without float32 tie errors."""
+    """Round half away from zero (Caffe forks' rounding) without float32 tie errors.
+
+    ``rint`` (exact, half to even) differs from it only on exact ties ``|x - rint(x)| = 0.5``,
+    which are rare, so only those few elements are redone: ~3 passes instead of ~8.
+    """
     xp = get_array_module(x)
     x = xp.asarray(x)
-    t = xp.trunc(x)
-    frac = x - t                      # exact: no bits are lost subtracting the integer part
-    step = (xp.abs(frac) >= 0.5).astype(x.dtype)
-    return t + xp.copysign(step, x)
+    shape = x.shape
+    x = x.reshape(-1)                 # 0-d inputs too (ufuncs would return scalars)
+    r = xp.rint(x)
+    d = xp.subtract(x, r)
+    xp.abs(d, out=d)
+    ties = d == 0.5
+    if bool(ties.any()):
+        xt = x[ties]
+        r[ties] = xp.trunc(xt) + xp.sign(xt)
+    return r.reshape(shape)
 
 
 def floor_half_up(x):
@@ -47,10 +57,16 @@ def mean_std(x):
     (NaN) for near-constant blobs; compression.md 1(g).8: float64 and a clamp at 0.
     """
     xp = get_array_module(x)
-    x64 = xp.asarray(x).astype(np.float64, copy=False).ravel()
-    n = x64.size
+    v = xp.asarray(x).ravel()
+    n = v.size
     if n == 0:
         return 0.0, 0.0
-    mu = float(x64.sum()) / n
-    var = float(x64.dot(x64)) / n - mu * mu
+    if xp is np:   # float64 accumulation without a float64 copy of the blob
+        s1 = float(v.sum(dtype=np.float64))
+        s2 = float(np.einsum('i,i->', v, v, dtype=np.float64, casting='safe'))
+    else:
+        v64 = v.astype(np.float64)
+        s1, s2 = float(v64.sum()), float(v64.dot(v64))
+    mu = s1 / n
+    var = s2 / n - mu * mu
     return mu, float(np.sqrt(max(var, 0.0)))
