@@ -90,10 +90,11 @@ class BatchNormLayer(Layer):
         xp = get_array_module(x)
         y = top[0].mutable_dev_data.reshape(shape3)
         if self.use_global_stats:
-            factor = float(self.blobs[2].dev_data.reshape(-1)[0])
+            # read through the weight() seam like any layer (plain layers: the blob data)
+            factor = float(self.weight(2).reshape(-1)[0])
             factor = 0.0 if factor == 0 else 1.0 / factor
-            mean = self.blobs[0].dev_data * np.float32(factor)
-            var = self.blobs[1].dev_data * np.float32(factor)
+            mean = self.weight(0) * np.float32(factor)
+            var = self.weight(1) * np.float32(factor)
             self.std = xp.sqrt(var + np.float32(self.eps))
             # y = x * (1/std) - mean/std: two passes over the data, no full-size temporary
             inv = 1 / self.std
