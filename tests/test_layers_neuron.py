@@ -176,6 +176,11 @@ def test_exp_log_reject_bad_base():
             forward(make_layer(type_name, **{field: {'base': -2.0}}), randn())
 
 
+def test_log_rejects_base_one():
+    with pytest.raises(LayerError, match='log_param.base = 1'):
+        forward(make_layer('Log', log_param={'base': 1.0}), randn())
+
+
 def test_clip_requires_ordered_bounds():
     with pytest.raises(LayerError, match='clip_param.min'):
         forward(make_layer('Clip', clip_param={'min': 1.0, 'max': -1.0}), randn())

@@ -377,7 +377,11 @@ class LogLayer(NeuronLayer):
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.log_param
-        self.base_scale = 1.0 / _log_base(self, float(p.base))
+        log_base = _log_base(self, float(p.base))
+        if log_base == 0:  # Caffe would silently output +-inf everywhere
+            _fail(self, 'log_param.base = 1 has no logarithm; use a positive base other than 1 '
+                  '(or -1 for base e).')
+        self.base_scale = 1.0 / log_base
         self.input_scale = float(p.scale)
         self.input_shift = float(p.shift)
 
