@@ -245,12 +245,20 @@ class LMDBReader(object):
         self.txn = self.env.begin(buffers=False)
         self.cursor = self.txn.cursor()
         self.cursor.first()
+        self.index = 0  # position of the cursor in key order (for exact resume)
 
     def skip(self, n):
         """Advance the cursor by ``n`` records (Caffe's rand_skip), wrapping around."""
         for _ in range(int(n) % self.entries):
             if not self.cursor.next():
                 self.cursor.first()
+        self.index = (self.index + int(n)) % self.entries
+
+    def seek(self, index):
+        """Put the cursor on record number ``index`` (modulo the record count)."""
+        self.cursor.first()
+        self.index = 0
+        self.skip(index)
 
     def peek(self):
         """The value under the cursor, without moving it."""
@@ -264,6 +272,7 @@ class LMDBReader(object):
             if not cursor.next():
                 log.info('Restarting data prefetching from start.')
                 cursor.first()
+        self.index = (self.index + n) % self.entries
         return out
 
     def first_value(self):

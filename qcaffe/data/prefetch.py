@@ -60,13 +60,14 @@ def _worker(fill_ref, free, full, stop, rng):
 class Prefetcher(object):
     """Run ``fill(batch, rng)`` on a background thread over ``count`` reusable batches.
 
-    ``make_batch()`` builds one batch buffer (any object, typically a dict of numpy arrays);
+    ``rng``: the thread's generator (default: a new one seeded with ``seed``, itself drawn
+    from ``backend.rng()`` when not given).  ``make_batch()`` builds one batch buffer (any object, typically a dict of numpy arrays);
     ``fill(batch, rng)`` fills it in place (it may also replace entries, e.g. when shapes
     change).  ``next()`` returns the next full batch; give it back with ``release(batch)``
     once its contents are copied (Caffe: ``prefetch_free_.push``).
     """
 
-    def __init__(self, fill, make_batch, count=4, name='data', seed=None):
+    def __init__(self, fill, make_batch, count=4, name='data', seed=None, rng=None):
         if count < 1:
             raise PrefetchError('Layer %r: prefetch must be >= 1, got %d' % (name, count))
         self.name = name
@@ -74,9 +75,11 @@ class Prefetcher(object):
         self._full = queue.Queue()
         for _ in range(int(count)):
             self._free.put(make_batch())
-        if seed is None:
-            seed = int(backend.rng().randint(0, 2 ** 31 - 1))
-        self.rng = np.random.RandomState(seed)
+        if rng is None:
+            if seed is None:
+                seed = int(backend.rng().randint(0, 2 ** 31 - 1))
+            rng = np.random.RandomState(seed)
+        self.rng = rng
         self._stop = threading.Event()
         self._failed = None
         # The thread holds neither this object nor the layer (a bound ``fill`` is held weakly),
@@ -119,8 +122,9 @@ class Prefetcher(object):
     def running(self):
         return self._thread.is_alive()
 
-    def stop(self, timeout=5.0):
-        """Stop the thread and wait for it (Caffe: ``StopInternalThread``)."""
+    def stop(self, timeout=None):
+        """Stop the thread and wait for it (Caffe: ``StopInternalThread``); the batch being
+        filled is finished first, so nothing touches the data source after this returns."""
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)

@@ -173,6 +173,12 @@ class MemoryDataLayer(Layer):
         """Convenience: ``reset(data, labels, len(data))`` with labels of shape (N,) or (N,1,1,1)."""
         self.reset(data, labels, len(data))
 
+    def extra_state(self):
+        return {'pos': np.array(self.pos)}
+
+    def load_extra_state(self, state):
+        self.pos = int(state['pos']) % max(self.n, 1)
+
     def set_batch_size(self, new_size):
         """Caffe: ``MemoryDataLayer::set_batch_size`` (pycaffe does not expose it)."""
         if self.data is not None and self.n % int(new_size):
@@ -299,6 +305,24 @@ class HDF5DataLayer(Layer):
             if self.shuffle:
                 self.rng.shuffle(self.data_perm)
 
+    def extra_state(self):
+        """File, row, permutations and random state: a resumed run continues exactly."""
+        _, keys, pos, has_gauss, gauss = self.rng.get_state()
+        return {'file_index': np.array(self.current_file), 'row': np.array(self.current_row),
+                'file_perm': self.file_perm.copy(), 'data_perm': self.data_perm.copy(),
+                'rng_keys': np.asarray(keys), 'rng_pos': np.array([pos, has_gauss]),
+                'rng_gauss': np.array(gauss)}
+
+    def load_extra_state(self, state):
+        self.file_perm = np.asarray(state['file_perm'], np.int64)
+        self.current_file = int(state['file_index'])
+        self._load(self.file_perm[self.current_file])
+        self.data_perm = np.asarray(state['data_perm'], np.int64)
+        self.current_row = int(state['row'])
+        pos, has_gauss = (int(x) for x in state['rng_pos'])
+        self.rng.set_state(('MT19937', np.asarray(state['rng_keys'], np.uint32), pos,
+                            has_gauss, float(state['rng_gauss'])))
+
     def reshape(self, bottom, top):
         pass
 
@@ -376,8 +400,13 @@ class BasePrefetchingDataLayer(Layer):
     """Caffe: ``BasePrefetchingDataLayer``: a background thread fills ``prefetch`` batches.
 
     Subclasses implement ``data_layer_setup(top)`` (returning the shape of one raw item,
-    before the transform) and ``load_batch(batch, rng)`` (filling ``batch['data']`` and
-    ``batch['label']`` in place or replacing them).
+    before the transform), ``load_batch(batch, rng)`` (filling ``batch['data']`` and
+    ``batch['label']`` in place or replacing them) and ``source_state()`` /
+    ``restore_source_state(state)`` (where the next record comes from, as a dict of arrays).
+
+    Beyond Caffe (which restarts a resumed run at the first record): ``extra_state()`` is the
+    source position and random state of the next batch the net will consume, so a solver
+    snapshot taken at iteration k resumes with exactly the batches an uninterrupted run sees.
     """
     exact_num_bottom = 0
     min_top = 1
@@ -394,12 +423,21 @@ class BasePrefetchingDataLayer(Layer):
         if self.output_labels:
             top[1].reshape(self.batch_size)
         log.info('output data size: %s', ','.join(str(d) for d in self.data_shape))
-        self.prefetcher = Prefetcher(self.load_batch, self._make_batch, self.prefetch_count,
-                                     self.name)
+        # Caffe seeds each prefetch thread from the main generator when it starts.
+        self._start_prefetch(np.random.RandomState(int(backend.rng().randint(0, 2 ** 31 - 1))))
+
+    def _start_prefetch(self, rng):
+        self._next_state = (self.source_state(), rng.get_state())
+        self.prefetcher = Prefetcher(self._fill, self._make_batch, self.prefetch_count,
+                                     self.name, rng=rng)
 
     def _make_batch(self):
         return {'data': np.empty(self.data_shape, np.float32),
                 'label': np.empty(self.batch_size, np.float32)}
+
+    def _fill(self, batch, rng):
+        self.load_batch(batch, rng)
+        batch['next_state'] = (self.source_state(), rng.get_state())
 
     def transform_into(self, batch, raw, rng):
         """Transform raw items (N, C, H, W) into ``batch['data']`` (reshaped when needed)."""
@@ -417,11 +455,30 @@ class BasePrefetchingDataLayer(Layer):
             _set_top(top[0], batch['data'])
             if self.output_labels:
                 _set_top(top[1], batch['label'])
+            self._next_state = batch['next_state']
         finally:
             self.prefetcher.release(batch)
 
     def backward_impl(self, top, propagate_down, bottom):
         pass
+
+    def extra_state(self):
+        source, (_, keys, pos, has_gauss, gauss) = self._next_state
+        state = {'source_' + k: np.asarray(v) for k, v in source.items()}
+        state.update(rng_keys=np.asarray(keys), rng_pos=np.array([pos, has_gauss]),
+                     rng_gauss=np.array(gauss))
+        return state
+
+    def load_extra_state(self, state):
+        """Continue from a snapshot's ``extra_state``: drop prefetched batches, reposition."""
+        self.prefetcher.stop()
+        self.restore_source_state({k[len('source_'):]: v for k, v in state.items()
+                                   if k.startswith('source_')})
+        rng = np.random.RandomState()
+        pos, has_gauss = (int(x) for x in state['rng_pos'])
+        rng.set_state(('MT19937', np.asarray(state['rng_keys'], np.uint32), pos, has_gauss,
+                       float(state['rng_gauss'])))
+        self._start_prefetch(rng)
 
     def stop_prefetch(self):
         p = getattr(self, 'prefetcher', None)
@@ -469,6 +526,12 @@ class DataLayer(BasePrefetchingDataLayer):
                                self.name)
         return raw.shape[1:]
 
+    def source_state(self):
+        return {'position': self.reader.index}
+
+    def restore_source_state(self, state):
+        self.reader.seek(int(state['position']))
+
     def load_batch(self, batch, rng):
         values = self.reader.next_values(self.batch_size)
         raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name)
@@ -515,20 +578,27 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         self.root = p.root_folder
         self.new_hw = (int(p.new_height), int(p.new_width))
         self.is_color = bool(p.is_color)
-        self.order_rng = np.random.RandomState(int(backend.rng().randint(0, 2 ** 31 - 1)))
+        self.order = np.arange(len(self.lines))
         if self.shuffle:
             log.info('Shuffling data')
-            self._shuffle()
+            self.order = backend.rng().permutation(len(self.lines))
         log.info('A total of %d images.', len(self.lines))
         self.pos = 0
         if p.rand_skip:
             self.pos = int(backend.rng().randint(0, p.rand_skip)) % len(self.lines)
             log.info('Skipping first %d data points.', self.pos)
-        return self._read(self.lines[self.pos][0]).shape
+        return self._read(self.lines[self.order[self.pos]][0]).shape
 
-    def _shuffle(self):
-        perm = self.order_rng.permutation(len(self.lines))
-        self.lines = [self.lines[i] for i in perm]
+    def source_state(self):
+        return {'position': self.pos, 'order': self.order.copy()}
+
+    def restore_source_state(self, state):
+        order = np.asarray(state['order'], dtype=np.int64)
+        if order.shape != (len(self.lines),):
+            raise LayerError('Layer %r: saved image order has %d entries but the list has %d '
+                             'images' % (self.name, order.size, len(self.lines)))
+        self.order = order
+        self.pos = int(state['position']) % len(self.lines)
 
     def _read(self, rel):
         from ..data.images import read_image
@@ -538,15 +608,15 @@ class ImageDataLayer(BasePrefetchingDataLayer):
     def load_batch(self, batch, rng):
         images, labels = [], []
         for _ in range(self.batch_size):  # one decode per file: no way around it
-            rel, label = self.lines[self.pos]
+            rel, label = self.lines[self.order[self.pos]]
             images.append(self._read(rel))
             labels.append(label)
             self.pos += 1
             if self.pos == len(self.lines):
                 log.info('Restarting data prefetching from start.')
                 self.pos = 0
-                if self.shuffle:
-                    self._shuffle()
+                if self.shuffle:  # Caffe: ShuffleImages at every pass
+                    self.order = rng.permutation(len(self.lines))
         shapes = {im.shape for im in images}
         if len(shapes) > 1:
             raise DataSourceError('Layer %r: images of one batch differ in size %s; set '
