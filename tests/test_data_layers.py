@@ -542,3 +542,18 @@ def test_solver_resume_with_an_lmdb_data_layer_is_exact(mnist_db, tmp_path):
     resumed.step(3)
     np.testing.assert_array_equal(resumed.net.layers[1].blobs[0].data,
                                   full.net.layers[1].blobs[0].data)
+
+
+def test_optional_dependencies_missing_give_clear_messages(tmp_path, monkeypatch):
+    import sys
+    from qcaffe.data.images import ImageDecodeError, read_image
+    monkeypatch.setitem(sys.modules, 'PIL', None)
+    with pytest.raises(ImageDecodeError, match=r"'imgs'.*needs pillow.*pip install pillow"):
+        read_image(str(tmp_path / 'a.png'), layer='imgs')
+    with pytest.raises(ImageDecodeError, match='needs pillow'):
+        decode_datums([datum_bytes(encoded=b'\x89PNG....', label=0)])
+    monkeypatch.setitem(sys.modules, 'h5py', None)
+    layer = make_layer('HDF5Data', name='h5', hdf5_data_param=dict(source='x', batch_size=1))
+    layer.layer_param.top.append('data')
+    with pytest.raises(LayerError, match=r"'h5'.*needs the h5py package.*pip install h5py"):
+        layer.setup([], [Blob()])
