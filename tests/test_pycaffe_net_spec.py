@@ -115,8 +115,9 @@ def test_layer_level_fields_and_repeated_messages():
     n.ip = L.InnerProduct(n.data, num_output=2, param=[dict(lr_mult=1), dict(lr_mult=2)],
                           include=dict(phase=caffe.TRAIN), loss_weight=0.5,
                           propagate_down=[True], bias_filler=dict(type='constant', value=1))
-    n.pool = L.Pooling(n.data, kernel_size=(2, 2), pool='AVE', stride=np.int64(1))
+    n.pool = L.Pooling(n.data, kernel_size=np.int64(2), pool='AVE', stride=np.int64(1))
     n.deconv = L.Deconvolution(n.data, convolution_param=dict(num_output=3, kernel_size=[2]))
+    n.conv = L.Convolution(n.data, num_output=1, kernel_size=(2, 2), stride=np.array([1, 2]))
     p = n.to_proto()
     ip = p.layer[1]
     assert [s.lr_mult for s in ip.param] == [1, 2]
@@ -124,9 +125,11 @@ def test_layer_level_fields_and_repeated_messages():
     assert list(ip.loss_weight) == [0.5] and list(ip.propagate_down) == [True]
     assert ip.inner_product_param.bias_filler.value == 1
     pool = p.layer[2]
-    assert list(pool.pooling_param.kernel_size) == [2, 2]
-    assert pool.pooling_param.pool == P.Pooling.AVE and pool.pooling_param.stride == [1]
+    assert pool.pooling_param.kernel_size == 2 and pool.pooling_param.stride == 1
+    assert pool.pooling_param.pool == P.Pooling.AVE
     assert p.layer[3].convolution_param.num_output == 3
+    conv = p.layer[4].convolution_param                    # tuples and arrays extend
+    assert list(conv.kernel_size) == [2, 2] and list(conv.stride) == [1, 2]
 
 
 def test_unknown_keyword_is_attribute_error():
