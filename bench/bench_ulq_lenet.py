@@ -45,7 +45,7 @@ def make_lmdbs(mnist_dir, work):
     return out
 
 
-def run_one(method, bits, epochs, train_db, test_db, work, seed):
+def run_one(method, bits, epochs, train_db, test_db, work, seed, iters_per_epoch):
     import quant_lenet_netspec as qs
     from qcaffe.compress.report import net_report
     from qcaffe.solvers import create_solver
@@ -55,13 +55,13 @@ def run_one(method, bits, epochs, train_db, test_db, work, seed):
     param.random_seed = seed
     param.snapshot = 0
     param.snapshot_after_train = False
-    param.test_interval = qs.ITERS_PER_EPOCH
+    param.test_interval = iters_per_epoch
     param.display = 0
     solver = create_solver(param, source=solver_path)
     accs = []
     t0 = time.time()
     for _ in range(epochs):
-        solver.step(qs.ITERS_PER_EPOCH)
+        solver.step(iters_per_epoch)
         res = dict(solver.test(0))
         accs.append(100.0 * res['accuracy'])
         print('  %s-%d epoch %d: test accuracy %.2f%% (%.0f s)'
@@ -79,6 +79,7 @@ def main():
     ap.add_argument('--method', default='ULQ')
     ap.add_argument('--epochs', type=int, default=20)
     ap.add_argument('--seed', type=int, default=0xCAFFE)
+    ap.add_argument('--iters-per-epoch', type=int, default=781, help='781 = 50000/64 (QC)')
     ap.add_argument('--work', default=None, help='scratch folder (LMDBs, nets, weights)')
     ap.add_argument('--results', default=os.path.join(ROOT, 'bench', 'results_ulq_lenet.md'))
     a = ap.parse_args()
@@ -90,7 +91,7 @@ def main():
     rows = []
     for k in [int(b) for b in a.bits.split(',')]:
         accs, secs, report, snap = run_one(a.method, k, a.epochs, train_db, test_db, work,
-                                           a.seed)
+                                           a.seed, a.iters_per_epoch)
         rows.append((k, accs[-1], max(accs), secs, report, snap))
     head = ('| bits | final acc % | best acc % | paper % | epochs | wall s |\n'
             '|---|---|---|---|---|---|')

@@ -117,6 +117,23 @@ def test_test_phase_uses_stored_quantize_until_weights_change(trained, tmp_path)
     np.testing.assert_array_equal(forward(net3, x), out)
 
 
+def test_saved_quantize_follows_the_updated_weights(trained, tmp_path):
+    from qcaffe.compress.quantizers import ulq
+    net = trained[0]
+    w = net.layers[1].blobs[0]
+    w.data[...] *= 1.5          # an update after the last forward
+    path = str(tmp_path / 'updated.caffemodel')
+    net.save(path)
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    expect = np.empty_like(w.data)
+    st = ulq(w.data, 2, expect)
+    np.testing.assert_array_equal(np.asarray(saved.layer[1].blobs[0].quantize,
+                                             np.float32).reshape(w.shape), expect)
+    assert saved.layer[1].blobs[0].alpha == pytest.approx(st.alpha)
+    assert saved.layer[1].weights_compress_param[0].alpha == pytest.approx(st.alpha)
+
+
 def test_test_phase_without_stored_quantize_computes_it(trained, tmp_path):
     net, path, x, out = trained
     saved = caffe_pb2.NetParameter()
@@ -197,3 +214,28 @@ def test_net_spec_keywords_give_the_repeated_messages():
     assert [p.maxbits for p in conv.activations_compress_param] == [8]
     text = str(proto)
     assert 'weights_compress: "ULQ"' in text and 'activations_compress_param {' in text
+
+
+def test_pycaffe_surface_and_qc_parse_data_recipe(tmp_path):
+    """QC demo.py: integers back from layer.blobs[i].quantize and the layer's params."""
+    import qcaffe as caffe
+    proto = tmp_path / 'net.prototxt'
+    proto.write_text(NET % (COMP1, COMP2))
+    net = caffe.Net(str(proto), caffe.TRAIN)
+    net.blobs['data'].data[...] = np.random.RandomState(1).randn(3, 8)
+    net.forward()
+    layer = net.layer_dict['ip1']
+    assert layer.weights_compress == ['ULQ', 'Ternary_Quantize']
+    p0, p1 = layer.weights_compress_param
+    ulq_int = (layer.blobs[0].quantize - p0.delta) / p0.alpha + 0.5
+    np.testing.assert_allclose(ulq_int, np.round(ulq_int), atol=1e-4)
+    assert set(np.round(ulq_int).ravel()) <= {-1.0, 0.0, 1.0, 2.0}
+    tq_int = layer.blobs[1].quantize / p1.alpha
+    assert set(np.round(tq_int, 4).ravel()) <= {-1.0, 0.0, 1.0}
+    assert float(p1.alpha / 2.0 ** p1.fixedpos).is_integer()
+    act = net.blobs['ip1'].data / layer.activations_compress_param[0].alpha   # Clip
+    np.testing.assert_allclose(act, np.round(act), atol=1e-3)
+    assert np.abs(np.round(act)).max() <= 127
+    assert net.params['ip2'][0].quantize is not None and net.params['ip2'][1].quantize is None
+    with pytest.raises(AttributeError):
+        p0.alpha = 1.0                     # read-only as in QC's bindings

@@ -228,6 +228,14 @@ def install(layer):
     layer.after_weights_loaded = after_weights_loaded
     if comp.weight_methods:
         layer.weight = comp.weight
+        orig_to_proto = layer.to_proto
+
+        def to_proto(param, write_diff=False):
+            # QC ToProto runs CompressLayerWeights first: the saved quantize array and
+            # params are those of the current (updated) weights, not of the last forward
+            comp.prepare_weights()
+            return orig_to_proto(param, write_diff)
+        layer.to_proto = to_proto
     if comp.weight_methods or comp.act_methods:
         layer.forward = comp.forward
     return comp
