@@ -100,16 +100,16 @@ def _ternary(x, maxbits, out, fixed_point):
     ax = xp.abs(x)
     delta = float(ax.mean(dtype=np.float64)) * TERNARY_DELTA_RATIO if x.size else 0.0
     delta = float(np.float32(min(max(delta, -100.0), 100.0)))
-    d32 = np.float32(delta)
-    t = (x > d32).astype(np.float32) - (x < -d32).astype(np.float32)
-    nz = ax > d32
-    count = int(nz.sum())
+    nz = ax > np.float32(delta)     # |w| > δ  <=>  w > δ or w < −δ (strict, as the fork)
+    t = xp.sign(x)
+    t *= nz
+    count = int(xp.count_nonzero(nz))
     alpha = float(ax[nz].sum(dtype=np.float64)) / count if count else 0.0   # Σtw / Σt²
     fixedpos = 0
     if fixed_point:
         alpha, fixedpos = _fixed_point_alpha(alpha, maxbits)
     alpha = float(np.float32(alpha))
-    out[...] = t * np.float32(alpha)
+    xp.multiply(t, np.float32(alpha), out=out)
     return QuantState(alpha, delta, fixedpos, int(maxbits))
 
 
