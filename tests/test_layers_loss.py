@@ -113,7 +113,7 @@ def test_softmax_loss_all_ignored_is_zero():
 def test_softmax_loss_gradient(mode):
     x, label = spatial_case(6, ignore=3)
     layer = make_layer('SoftmaxWithLoss', loss_param={'ignore_label': 3, 'normalization': mode})
-    check_gradient(layer, [blob(x), blob(label)], [Blob()], check_bottom=[0], threshold=1e-2)
+    check_gradient(layer, [blob(x), blob(label)], [Blob()], check_bottom=[0], threshold=1e-3)
 
 
 def test_softmax_loss_gradient_ignored_positions_zero_and_scaled_by_top_diff():
@@ -190,7 +190,7 @@ def test_sigmoid_cross_entropy_modes_with_ignore(mode):
     np.testing.assert_allclose(float(top.data), sigmoid_ce_ref(x, t, -1, mode), rtol=1e-5)
     check_gradient(make_layer('SigmoidCrossEntropyLoss',
                               loss_param={'ignore_label': -1, 'normalization': mode}),
-                   [blob(x), blob(t)], [Blob()], check_bottom=[0], threshold=1e-2)
+                   [blob(x), blob(t)], [Blob()], check_bottom=[0], threshold=1e-3)
 
 
 def test_sigmoid_cross_entropy_extreme_inputs_finite():
@@ -209,7 +209,7 @@ def test_euclidean_loss_forward_and_gradient_both_bottoms():
     expect = ((a.reshape(4, 6).astype(np.float64) - b) ** 2).sum() / 4 / 2
     np.testing.assert_allclose(float(top.data), expect, rtol=1e-5)
     assert layer.allow_force_backward(1)
-    check_gradient(make_layer('EuclideanLoss'), [blob(a), blob(b)], [Blob()], threshold=1e-2)
+    check_gradient(make_layer('EuclideanLoss'), [blob(a), blob(b)], [Blob()], threshold=1e-3)
 
 
 def test_euclidean_loss_dimension_mismatch():
@@ -241,7 +241,7 @@ def test_hinge_loss(norm):
     _, (top,) = forward(layer, x, label)
     np.testing.assert_allclose(float(top.data), hinge_ref(x, label, norm), rtol=1e-5)
     check_gradient(make_layer('HingeLoss', hinge_loss_param={'norm': norm}),
-                   [blob(x), blob(label)], [Blob()], check_bottom=[0], threshold=1e-2)
+                   [blob(x), blob(label)], [Blob()], check_bottom=[0], threshold=1e-3)
 
 
 # ---------------------------------------------------------------------- InfogainLoss
@@ -278,7 +278,7 @@ def test_infogain_third_bottom(mode):
     _, (top,) = forward(make_layer('InfogainLoss', **params), x, label, h)
     np.testing.assert_allclose(float(top.data), infogain_ref(x, label, h, 2, mode), rtol=1e-5)
     check_gradient(make_layer('InfogainLoss', **params), [blob(x), blob(label), blob(h)],
-                   [Blob()], check_bottom=[0], threshold=1e-2)
+                   [Blob()], check_bottom=[0], threshold=1e-3)
 
 
 def test_infogain_source_file(tmp_path):
@@ -312,7 +312,7 @@ def test_multinomial_logistic_loss():
     expect = -np.log(p[np.arange(5), label.astype(int)].astype(np.float64)).mean()
     np.testing.assert_allclose(float(top.data), expect, rtol=1e-5)
     check_gradient(make_layer('MultinomialLogisticLoss'), [blob(p + 0.1), blob(label)],
-                   [Blob()], check_bottom=[0], step=1e-3, threshold=1e-2)
+                   [Blob()], check_bottom=[0], step=1e-3, threshold=1e-3)
     with pytest.raises(LayerError, match='one label per example'):
         forward(make_layer('MultinomialLogisticLoss'), p, np.zeros((5, 2), np.float32))
 

@@ -100,7 +100,7 @@ def test_gradient(case):
     type_name, params = case[:2]
     x = _input(case, seed=1)
     layer = make_layer(type_name, **params)
-    check_gradient(layer, [blob(x)], [Blob()], step=1e-2, threshold=1e-2)
+    check_gradient(layer, [blob(x)], [Blob()], step=1e-2, threshold=1e-3)
 
 
 @pytest.mark.parametrize('case', [c for c in CASES if c[0] not in ('AbsVal', 'Threshold')],
@@ -221,7 +221,7 @@ def test_prelu_gradient(shared):
     layer = make_layer('PReLU', prelu_param={'channel_shared': shared,
                                              'filler': {'type': 'uniform', 'min': -0.5,
                                                         'max': 0.5}})
-    check_gradient(layer, [blob(away_from(randn(4), [0.0]))], [Blob()], threshold=1e-2)
+    check_gradient(layer, [blob(away_from(randn(4), [0.0]))], [Blob()], threshold=1e-3)
 
 
 def test_prelu_in_place_gradient():
@@ -323,3 +323,8 @@ def test_dropout_train_in_place_backward_uses_mask():
 def test_dropout_rejects_ratio_one():
     with pytest.raises(LayerError, match='dropout_ratio'):
         forward(make_layer('Dropout', dropout_param={'dropout_ratio': 1.0}), randn())
+
+
+def test_clip_needs_both_bounds():
+    with pytest.raises(LayerError, match='clip_param needs both'):
+        forward(make_layer('Clip', name='c', clip_param={'min': 0.0}), randn())

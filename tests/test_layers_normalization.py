@@ -118,7 +118,7 @@ def test_batchnorm_use_global_stats_explicit_overrides_phase():
 
 def test_batchnorm_gradient_batch_stats():
     layer = make_layer('BatchNorm', phase='TRAIN')
-    check_gradient(layer, [blob(randn(5))], [Blob()], check_params=False, threshold=1e-2)
+    check_gradient(layer, [blob(randn(5))], [Blob()], check_params=False, threshold=1e-3)
 
 
 def test_batchnorm_gradient_global_stats():
@@ -128,13 +128,13 @@ def test_batchnorm_gradient_global_stats():
     layer.blobs[0].data[...] = [0.3, -0.2, 1.0]
     layer.blobs[1].data[...] = [1.5, 0.7, 2.0]
     layer.blobs[2].data[...] = 1.3
-    check_gradient(layer, [b], [t], check_params=False, setup=False, threshold=1e-2)
+    check_gradient(layer, [b], [t], check_params=False, setup=False, threshold=1e-3)
 
 
 def test_batchnorm_2d_input_gradient():
     layer = make_layer('BatchNorm', phase='TRAIN')
     check_gradient(layer, [blob(randn(7, (6, 4)))], [Blob()], check_params=False,
-                   threshold=1e-2)
+                   threshold=1e-3)
 
 
 def test_batchnorm_in_place_followed_by_in_place_scale():
@@ -275,7 +275,7 @@ def test_mvn_forward(across, normvar):
                                     {'normalize_variance': False, 'across_channels': True}])
 def test_mvn_gradient(params):
     layer = make_layer('MVN', mvn_param=params)
-    check_gradient(layer, [blob(randn(11))], [Blob()], threshold=1e-2)
+    check_gradient(layer, [blob(randn(11))], [Blob()], threshold=1e-3)
 
 
 def test_mvn_in_place():
@@ -339,7 +339,7 @@ SCALE_BIAS_GRAD = [
                          ids=['%s-%d' % (c[0], i) for i, c in enumerate(SCALE_BIAS_GRAD)])
 def test_scale_bias_gradient(type_name, params):
     layer = make_layer(type_name, **params)
-    check_gradient(layer, [blob(randn(17))], [Blob()], threshold=1e-2, max_checks=40)
+    check_gradient(layer, [blob(randn(17))], [Blob()], threshold=1e-3, max_checks=40)
 
 
 @pytest.mark.parametrize('type_name', ['Scale', 'Bias'])
@@ -352,7 +352,7 @@ def test_second_bottom_form(type_name):
     o = operand.reshape(1, 3, 4, 1)
     np.testing.assert_allclose(t.data, x * o if type_name == 'Scale' else x + o, rtol=1e-6)
     check_gradient(make_layer(type_name, **{field: {'axis': 1}}),
-                   [blob(x), blob(operand)], [Blob()], threshold=1e-2, max_checks=40)
+                   [blob(x), blob(operand)], [Blob()], threshold=1e-3, max_checks=40)
 
 
 def test_scale_second_bottom_with_bias_term():
@@ -365,7 +365,7 @@ def test_scale_second_bottom_with_bias_term():
     bias = layer.blobs[0].data.reshape(1, 3, 1, 1)
     np.testing.assert_allclose(t.data, x * s.reshape(1, 3, 4, 1) + bias, rtol=1e-5, atol=1e-6)
     check_gradient(make_layer('Scale', scale_param={'bias_term': True}),
-                   [blob(x), blob(s)], [Blob()], threshold=1e-2, max_checks=40)
+                   [blob(x), blob(s)], [Blob()], threshold=1e-3, max_checks=40)
 
 
 @pytest.mark.parametrize('type_name,params', SCALE_BIAS_GRAD[:2] + SCALE_BIAS_GRAD[4:5])
