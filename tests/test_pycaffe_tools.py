@@ -168,3 +168,38 @@ def test_classifier_predict(tmp_path):
     over = clf.predict(images, oversample=True)           # 10 crops each, averaged
     assert over.shape == (5, 4)
     np.testing.assert_allclose(over.sum(1), 1, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- Detector
+def test_detector_windows(tmp_path):
+    proto = tmp_path / 'det.prototxt'
+    proto.write_text('''
+    input: "data" input_shape { dim: 2 dim: 3 dim: 16 dim: 16 }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.0005 } } }
+    layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
+    ''')
+    caffe.set_random_seed(9)
+    caffe.Net(str(proto), caffe.TEST).save(str(tmp_path / 'w.caffemodel'))
+    image = require_shared('images', 'astronaut.png')
+    windows = [(0, 0, 64, 64), (100, 120, 180, 200), (10, 20, 40, 90)]
+    det = caffe.Detector(str(proto), str(tmp_path / 'w.caffemodel'), raw_scale=255,
+                         mean=np.array([100., 110., 120.]), channel_swap=(2, 1, 0))
+    out = det.detect_windows([(image, windows)])
+    assert [d['window'] for d in out] == windows and out[0]['filename'] == image
+    assert all(d['prediction'].shape == (3,) for d in out)
+    # window 1 by hand: crop, warp to 16x16, BGR, *255, -mean
+    im = caffe.io.load_image(image)
+    x = caffe.io.resize_image(im[100:180, 120:200], (16, 16))[:, :, ::-1] * 255
+    x = (x - np.array([100., 110., 120.])).transpose(2, 0, 1)  # mean applies after the swap
+    logits = det.params['ip'][0].data.astype(np.float64).dot(x.ravel())
+    e = np.exp(logits - logits.max())
+    assert 0.05 < (e / e.sum()).min()                       # not saturated: a real check
+    np.testing.assert_allclose(out[1]['prediction'], e / e.sum(), rtol=1e-4)
+    # context padding: same output size, mean-filled outside the image
+    det_ctx = caffe.Detector(str(proto), str(tmp_path / 'w.caffemodel'), raw_scale=255,
+                             mean=np.array([100., 110., 120.]), context_pad=2)
+    crop = det_ctx.crop(im, (0, 0, 64, 64))
+    assert crop.shape == (16, 16, 3)
+    np.testing.assert_allclose(crop[0, 0], np.array([100., 110., 120.]) / 255, rtol=1e-5)
+    assert len(det_ctx.detect_windows([(image, windows)])) == 3
