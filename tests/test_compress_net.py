@@ -239,3 +239,31 @@ def test_pycaffe_surface_and_qc_parse_data_recipe(tmp_path):
     assert net.params['ip2'][0].quantize is not None and net.params['ip2'][1].quantize is None
     with pytest.raises(AttributeError):
         p0.alpha = 1.0                     # read-only as in QC's bindings
+
+
+def test_report_of_a_float_model_with_a_compressed_prototxt(tmp_path, capsys):
+    """--model applies its weights_compress to a plain caffemodel: quantized on the fly."""
+    from qcaffe.cli import main
+    plain = make_net(caffe_pb2.TEST, comp1='', comp2='')
+    weights = str(tmp_path / 'fp.caffemodel')
+    plain.save(weights)
+    model = tmp_path / 'q.prototxt'
+    model.write_text(NET % (COMP1, COMP2))
+    assert main(['compress_report', '--weights', weights, '--model', str(model)]) == 0
+    out = capsys.readouterr().out
+    assert 'computed' not in out and 'ip2' in out and 'Quantize' in out
+    from qcaffe.compress.export import from_files
+    entries = from_files(weights, str(model))
+    assert [e.source for e in entries] == ['computed'] * 3
+
+
+@pytest.mark.parametrize('argv,msg', [
+    (['compress_report'], '--weights is required'),
+    (['compress_report', '--weights', '/nonexistent.caffemodel'], 'does not exist'),
+    (['compress_export', '--weights', '/nonexistent.caffemodel'], '--output is required'),
+])
+def test_cli_errors_are_one_clear_line(argv, msg, capsys):
+    from qcaffe.cli import main
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert msg in err and 'Traceback' not in err
