@@ -31,7 +31,7 @@ def away_from(x, points, margin=0.03):
     return x
 
 
-def forward(layer, x, phase_layer=None):
+def forward(layer, x):
     bottom, top = blob(x), Blob()
     layer.setup([bottom], [top])
     layer.forward([bottom], [top])

@@ -411,9 +411,9 @@ class LogLayer(NeuronLayer):
 class DropoutLayer(NeuronLayer):
     """Caffe: DropoutLayer (inverted dropout).
 
-    TRAIN: keep each unit with probability ``1 - dropout_ratio`` (mask drawn from the seeded
-    backend generator, kept as booleans) and scale kept units by ``1 / (1 - dropout_ratio)``; backward applies the
-    same mask and scale.  TEST: identity both ways.  The phase is the layer's own (set by the
+    TRAIN: keep each unit with probability ``1 - dropout_ratio`` (boolean mask drawn from the
+    seeded backend generator) and scale kept units by ``1 / (1 - dropout_ratio)``; backward
+    applies the same mask and scale.  TEST: identity both ways.  The phase is the layer's own (set by the
     Net from its phase), as Caffe's ``phase_``.
     """
 

@@ -257,7 +257,6 @@ class _BroadcastOperandLayer(Layer):
     def _view3(self, array):
         return array.reshape(self.outer_dim, self.dim, self.inner_dim)
 
-
     def _store_operand_grad(self, bottom, grad):
         """Param diff accumulates (Caffe: param diffs are summed over iter_size); bottom[1]'s
         diff is overwritten."""
