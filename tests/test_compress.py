@@ -318,3 +318,27 @@ def test_cupy_twin_equality():
                                        err_msg='%s %d' % (name, k))
             assert sa.fixedpos == sb.fixedpos
             assert sa.alpha == pytest.approx(sb.alpha, rel=1e-6)
+
+
+def test_ul_compat_switches():
+    from qcaffe import backend
+    w = np.array([0.9, -0.5, 0.1, -0.05], F)
+    try:
+        Q.set_options(quantize_variant='ul')
+        backend.set_random_seed(5)
+        a, st = run(Q.quantize, w, 4)
+        backend.set_random_seed(5)
+        b, _ = run(Q.quantize, w, 4)
+        np.testing.assert_array_equal(a, b)            # seeded stochastic rounding
+        assert st.fixedpos == -4                       # floor(log2 .9) − (k − 1)
+        assert set(np.round(a * 16).tolist()) <= {14, 15, -8, -9, 1, 2, -1, 0, -0}
+        codes, _, _ = integer_codes('Quantize', a, st)
+        assert np.abs(codes).max() <= 15
+        Q.set_options(ulq_large_k_compat=False)
+        _, st = run(Q.ulq, np.random.RandomState(0).randn(100) * 0.05, 12)
+        _, sigma = mean_std(np.random.RandomState(0).randn(100).astype(F) * F(0.05))
+        assert st.alpha == pytest.approx(6.2 * sigma / (2 ** 12 - 1) + 1e-7, rel=1e-4)
+        with pytest.raises(ValueError, match="valid values: 'qc', 'ul'"):
+            Q.set_options(quantize_variant='stochastic')
+    finally:
+        Q.set_options(quantize_variant='qc', ulq_large_k_compat=True)

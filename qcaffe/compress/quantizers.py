@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from ..backend import get_array_module
 from .rounding import mean_std, round_away, round_away_scalar
 
@@ -28,6 +29,28 @@ ULQ_LAMBDA = (1.5950161625215948, 0.99529008541347519, 0.5872211503939504,
               0.057082736023857356, 0.030482181036739827)
 ULQ_EPS = 1e-7          # added to the step (UL/QC), keeps all-zero blobs finite
 TERNARY_DELTA_RATIO = 0.7
+
+# Compatibility switches (compression.md 0.4 / 1(g)): QC semantics unless asked otherwise.
+OPTIONS = {
+    # ULQ k > 8: the fork's α = 6.2σ²/(2^k−1) (True) or the paper's 6.2σ/(2^k−1) (False)
+    'ulq_large_k_compat': True,
+    # Quantize: 'qc' (deterministic, ±(2^(k−1)−1)) or 'ul' (uL2Q/QT: stochastic rounding from
+    # the seeded qcaffe RNG, fp = floor(log2 max) − (k−1), ±(2^k−1))
+    'quantize_variant': 'qc',
+}
+
+
+def set_options(**options):
+    """Switch to the older uL2Q behaviours, e.g. ``set_options(quantize_variant='ul')``."""
+    valid = {'ulq_large_k_compat': (True, False), 'quantize_variant': ('qc', 'ul')}
+    for key, value in options.items():
+        if key not in valid:
+            raise ValueError('unknown compression option %r; valid: %s'
+                             % (key, ', '.join(sorted(valid))))
+        if value not in valid[key]:
+            raise ValueError('compression option %s=%r; valid values: %s'
+                             % (key, value, ', '.join(map(repr, valid[key]))))
+        OPTIONS[key] = value
 
 
 class QuantState(collections.namedtuple('QuantState', 'alpha delta fixedpos maxbits')):
@@ -51,7 +74,7 @@ def ulq_step(sigma, maxbits, large_k_compat=True):
     return float(np.float32(lam * sigma + ULQ_EPS))
 
 
-def ulq(x, maxbits, out=None, large_k_compat=True):
+def ulq(x, maxbits, out=None, large_k_compat=None):
     """μL2Q (``ULQ``): 2^k levels β ± (j − ½)α, j = 1…2^(k−1), α = λ_k σ + 1e-7, β = μ.
 
     n = round_away(clip((w − β)/α + ½, 1 − 2^(k−1), 2^(k−1))), w_q = (n − ½)α + β.  As in
@@ -64,6 +87,8 @@ def ulq(x, maxbits, out=None, large_k_compat=True):
     xp = get_array_module(x)
     out = x if out is None else out
     mu, sigma = mean_std(x)
+    if large_k_compat is None:
+        large_k_compat = OPTIONS['ulq_large_k_compat']
     alpha = ulq_step(sigma, k, large_k_compat)
     beta = np.float32(mu)
     inv = np.float32(1.0) / np.float32(alpha)
@@ -145,10 +170,18 @@ def quantize(x, maxbits, out=None):
     out = x if out is None else out
     k = int(maxbits)
     m = abs_max(x)
-    fp = fixed_point_position(m, k)
-    step = np.float32(2.0 ** fp)
-    lim = np.float32(2 ** (k - 1) - 1)
-    q = round_away(x / step)
+    if OPTIONS['quantize_variant'] == 'ul':
+        # uL2Q/QT: one more bit of range and stochastic rounding (u ~ U[-0.5, 0.5))
+        fp = 0 if m <= 0 else int(math.floor(math.log2(m))) - (k - 1)
+        step = np.float32(2.0 ** fp)
+        lim = np.float32(2 ** k - 1)
+        u = backend.rng().uniform(-0.5, 0.5, size=x.shape).astype(np.float32)
+        q = round_away(x / step + backend.to_device(u))
+    else:
+        fp = fixed_point_position(m, k)
+        step = np.float32(2.0 ** fp)
+        lim = np.float32(2 ** (k - 1) - 1)
+        q = round_away(x / step)
     xp.clip(q, -lim, lim, out=q)
     xp.multiply(q, step, out=out)
     return QuantState(float(step), 0.0, fp, k)
@@ -194,6 +227,15 @@ def _codes_fixed(q, st):
     return q / (2.0 ** st.fixedpos)
 
 
+def _ul_extra_bit():
+    return 1 if OPTIONS['quantize_variant'] == 'ul' else 0
+
+
+def _quantize_range(k):
+    lim = 2 ** (k - 1 + _ul_extra_bit()) - 1
+    return -lim, lim
+
+
 Method = collections.namedtuple('Method', 'name fn codes code_range bits')
 
 METHODS = {
@@ -203,7 +245,7 @@ METHODS = {
     'Ternary_Quantize': Method('Ternary_Quantize', ternary_quantize, _codes_scaled,
                                lambda k: (-1, 1), lambda k: 2),
     'Quantize': Method('Quantize', quantize, _codes_fixed,
-                       lambda k: (1 - 2 ** (k - 1), 2 ** (k - 1) - 1), lambda k: k),
+                       lambda k: _quantize_range(k), lambda k: k + _ul_extra_bit()),
     'Clip': Method('Clip', clip, _codes_scaled,
                    lambda k: (1 - 2 ** (k - 1), 2 ** (k - 1) - 1), lambda k: k),
 }
