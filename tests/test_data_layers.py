@@ -557,3 +557,23 @@ def test_optional_dependencies_missing_give_clear_messages(tmp_path, monkeypatch
     layer.layer_param.top.append('data')
     with pytest.raises(LayerError, match=r"'h5'.*needs the h5py package.*pip install h5py"):
         layer.setup([], [Blob()])
+
+
+def test_encoded_images_of_different_sizes_batch_only_when_cropped(tmp_path):
+    PIL = pytest.importorskip('PIL.Image')
+    items = []
+    for i, (h, w) in enumerate([(10, 12), (14, 11), (12, 12)]):
+        buf = io.BytesIO()
+        PIL.fromarray(np.full((h, w), 40 * i, np.uint8)).save(buf, format='PNG')
+        items.append((key_for(i, 'im%d.png' % i), datum_bytes(encoded=buf.getvalue(),
+                                                              label=i)))
+    path = str(tmp_path / 'enc')
+    write_lmdb(path, items)
+    top, out = run_layer(data_layer(path, batch_size=3, crop_size=8), 1)
+    assert top[0].shape == (3, 1, 8, 8)
+    assert [float(out[0][0][i].mean()) for i in range(3)] == [0, 40, 80]
+    layer = data_layer(path, batch_size=3, name='enc')
+    top = [Blob(), Blob()]
+    layer.setup([], top)
+    with pytest.raises(PrefetchError, match=r"'enc'.*differ in size.*crop_size"):
+        layer.forward([], top)

@@ -360,11 +360,13 @@ def _fast_layout(first):
     return d, prefix, size, label_len, tail[1 + label_len:]
 
 
-def decode_datums(values, force_color=False, force_gray=False, layer=None):
+def decode_datums(values, force_color=False, force_gray=False, layer=None, ragged=False):
     """Decode serialized Datums to ``(data (N, C, H, W), labels int64 (N,))``.
 
     Plain uint8 records of one layout are decoded together with numpy (no per-record protobuf
     parse); anything else (float_data, encoded images, mixed layouts) record by record.
+    Records of different shapes are an error unless ``ragged``: then ``data`` is a list of
+    (C, H, W) arrays (a cropping transform can still make one batch of them, as in Caffe).
     """
     n = len(values)
     if n == 0:
@@ -393,6 +395,8 @@ def decode_datums(values, force_color=False, force_gray=False, layer=None):
         arrays.append(datum_to_array(datum, force_color, force_gray, layer))
         labels[i] = datum.label
     shapes = set(a.shape for a in arrays)
+    if len(shapes) != 1 and ragged:
+        return arrays, labels
     if len(shapes) != 1:
         raise DataSourceError('%srecords of one batch have different shapes %s; Caffe needs '
                               'equal shapes within a batch (use batch_size 1 or resize the '

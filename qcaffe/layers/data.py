@@ -440,11 +440,29 @@ class BasePrefetchingDataLayer(Layer):
         batch['next_state'] = (self.source_state(), rng.get_state())
 
     def transform_into(self, batch, raw, rng):
-        """Transform raw items (N, C, H, W) into ``batch['data']`` (reshaped when needed)."""
-        shape = (raw.shape[0],) + tuple(self.transformer.infer_shape(raw.shape[1:]))
+        """Transform raw items (N, C, H, W) into ``batch['data']`` (reshaped when needed).
+
+        ``raw`` may be a list of items of different sizes: allowed when the transform crops
+        them all to one size (Caffe crops each datum into the batch); they are then
+        transformed one by one.
+        """
+        if isinstance(raw, list):
+            shapes = {tuple(self.transformer.infer_shape(a.shape)) for a in raw}
+            if len(shapes) != 1:
+                raise DataSourceError('Layer %r: items of one batch differ in size %s; make '
+                                      'them equal (resize when converting), crop them with '
+                                      'transform_param.crop_size, or use batch_size 1'
+                                      % (self.name, sorted({a.shape for a in raw})))
+            shape = (len(raw),) + shapes.pop()
+        else:
+            shape = (raw.shape[0],) + tuple(self.transformer.infer_shape(raw.shape[1:]))
         if batch['data'].shape != shape:
             batch['data'] = np.empty(shape, np.float32)
-        self.transformer.transform(raw, out=batch['data'], rng=rng)
+        if isinstance(raw, list):
+            for i, item in enumerate(raw):  # rare ragged case: one gather per item
+                self.transformer.transform(item[None], out=batch['data'][i:i + 1], rng=rng)
+        else:
+            self.transformer.transform(raw, out=batch['data'], rng=rng)
 
     def reshape(self, bottom, top):
         pass  # the tops take each batch's shape in forward (Caffe: Forward_cpu reshapes)
@@ -534,7 +552,8 @@ class DataLayer(BasePrefetchingDataLayer):
 
     def load_batch(self, batch, rng):
         values = self.reader.next_values(self.batch_size)
-        raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name)
+        raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name,
+                                    ragged=True)
         self.transform_into(batch, raw, rng)
         batch['label'][...] = labels
 
@@ -617,12 +636,10 @@ class ImageDataLayer(BasePrefetchingDataLayer):
                 self.pos = 0
                 if self.shuffle:  # Caffe: ShuffleImages at every pass
                     self.order = rng.permutation(len(self.lines))
-        shapes = {im.shape for im in images}
-        if len(shapes) > 1:
-            raise DataSourceError('Layer %r: images of one batch differ in size %s; set '
-                                  'new_height/new_width or use batch_size 1'
-                                  % (self.name, sorted(shapes)))
-        self.transform_into(batch, np.stack(images), rng)
+        if len({im.shape for im in images}) > 1:
+            self.transform_into(batch, images, rng)  # ragged: fine if crop_size evens them
+        else:
+            self.transform_into(batch, np.stack(images), rng)
         batch['label'][...] = labels
 
     def __del__(self):
