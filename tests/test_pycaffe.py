@@ -514,3 +514,14 @@ def test_python_layer_refuses_missing_module(tmp_path):
           python_param { module: "no_such_module_qcaffe" layer: "L" } }''')
     with pytest.raises(caffe.io.QcaffeError, match='no_such_module_qcaffe'):
         caffe.Net(path, caffe.TEST)
+
+
+def test_save_hdf5_load_hdf5(net, net_file, tmp_path):
+    pytest.importorskip('h5py')
+    path = str(tmp_path / 'w.caffemodel.h5')
+    net.save_hdf5(path)
+    other = caffe.Net(net_file, caffe.TEST)
+    other.load_hdf5(path)
+    np.testing.assert_array_equal(other.params['conv'][0].data, net.params['conv'][0].data)
+    third = caffe.Net(net_file, caffe.TEST, weights=path)      # copy_from sniffs HDF5
+    np.testing.assert_array_equal(third.params['ip'][1].data, net.params['ip'][1].data)

@@ -154,3 +154,33 @@ def test_params_constants_and_netspec_access():
     assert n['data'] is n.data and list(n.tops) == ['data'] and n.keys() == ['data']
     with pytest.raises(AttributeError):
         n.missing
+
+
+def test_compressed_netspec_builds_a_working_net(tmp_path):
+    """The seed scripts' keywords go NetSpec -> prototxt -> caffe.Net -> forward, and the
+    fork's Python attributes are reachable through the pycaffe objects."""
+    n = caffe.NetSpec()
+    n.data, n.label = L.DummyData(shape=[dict(dim=[4, 1, 8, 8]), dict(dim=[4])],
+                                  data_filler=[dict(type='gaussian', std=1),
+                                               dict(type='constant')], ntop=2)
+    n.conv1 = L.Convolution(n.data, kernel_size=3, num_output=4,
+                            weight_filler=dict(type='xavier'), bias_filler=dict(type='xavier'),
+                            weights_compress=['ULQ', 'ULQ'],
+                            weights_compress_param=[{'maxbits': 2}, {'maxbits': 2}],
+                            activations_compress='Clip',
+                            activations_compress_param={'maxbits': 8})
+    n.ip = L.InnerProduct(n.conv1, num_output=3, weight_filler=dict(type='xavier'))
+    n.loss = L.SoftmaxWithLoss(n.ip, n.label)
+    path = tmp_path / 'q.prototxt'
+    path.write_text(str(n.to_proto()))
+    net = caffe.Net(str(path), caffe.TRAIN)
+    out = net.forward()
+    assert np.isfinite(out['loss'])
+    conv = net.layer_dict['conv1']
+    assert list(conv.weights_compress) == ['ULQ', 'ULQ']
+    assert conv.weights_compress_param[0].maxbits == 2
+    assert list(conv.activations_compress) == ['Clip']
+    # 2-bit ULQ: the quantized weights take at most 4 distinct values
+    q = net.params['conv1'][0].quantize
+    assert q is not None and len(np.unique(q)) <= 4
+    assert not np.array_equal(q, net.params['conv1'][0].data)   # data stays full precision
