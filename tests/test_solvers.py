@@ -574,3 +574,37 @@ def test_test_initialization_false_skips_the_iteration_0_test(tmp_path, caplog):
         s.solve()
     tests = [r.getMessage() for r in caplog.records if 'Testing net' in r.getMessage()]
     assert tests == ['Iteration 2, Testing net (#0)']
+
+
+@pytest.mark.parametrize('net_kind', ['tiny', 'tiny_bn'])
+def test_snapshot_files_match_caffes_own(net_kind, tmp_path):
+    """Our _iter_3 snapshot vs Caffe's: same layer definitions (as modified at setup), blobs
+    within 1e-5, same solverstate layout (iter, current_step, history shapes)."""
+    require_layers(*(BN_LAYERS if net_kind == 'tiny_bn' else TINY_LAYERS))
+    s = tiny_solver(net_kind, 'sgd', tmp_path)
+    s.step(3)
+    state_file = s.snapshot()
+    assert state_file == str(tmp_path / 'sgd_iter_3.solverstate')
+
+    def read(message, path):
+        message.ParseFromString(open(path, 'rb').read())
+        return message
+    ref_prefix = os.path.join(ref_dir(), '%s__sgd_iter_3' % net_kind)
+    ours = read(caffe_pb2.NetParameter(), s.last_snapshot[0])
+    ref = read(caffe_pb2.NetParameter(), ref_prefix + '.caffemodel')
+    assert ours.name == ref.name and len(ours.layer) == len(ref.layer)
+    for a, b in zip(ours.layer, ref.layer):
+        assert len(a.blobs) == len(b.blobs)
+        for i, (x, y) in enumerate(zip(a.blobs, b.blobs)):
+            assert list(x.shape.dim) == list(y.shape.dim)
+            assert_close(np.array(x.data), np.array(y.data), '%s/%d' % (a.name, i))
+        del a.blobs[:]
+        del b.blobs[:]
+        assert a == b, a.name
+    so = read(caffe_pb2.SolverState(), state_file)
+    sr = read(caffe_pb2.SolverState(), ref_prefix + '.solverstate')
+    assert (so.iter, so.current_step) == (sr.iter, sr.current_step)
+    assert so.learned_net == s.last_snapshot[0]
+    assert [list(h.shape.dim) for h in so.history] == [list(h.shape.dim) for h in sr.history]
+    for x, y in zip(so.history, sr.history):
+        assert_close(np.array(x.data), np.array(y.data), 'history')
