@@ -477,6 +477,8 @@ class Solver(object):
             self.compute_update_value(i, rate)
             mask = prm.layer.param_update_mask(prm.index)
             if mask is not None:
+                if type(mask) is not type(diff):        # a host mask in GPU mode
+                    mask = backend.get_array_module(diff).asarray(mask)
                 diff *= mask
                 self.mask_history(i, mask)
         self.net.update()
