@@ -222,6 +222,8 @@ class PoolingLayer(Layer):
                       xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0])
             return arg.reshape(y.shape).astype(np.int32)
         xpad = padded(x, geom, -np.inf, name=('pad', -np.inf))
+        if self.tiled:
+            return self._max_argmax_taps(xp, xpad, y)
         n, c, hp, _ = xpad.shape
         # horizontal pass over every padded row: first max within each window row
         hmax = geom.buffer('hmax', (n, c, hp, pw), xp)
@@ -233,7 +235,8 @@ class PoolingLayer(Layer):
         for j in range(1, kw):
             xp.greater(cols[j], hmax, out=gt)
             xp.maximum(hmax, cols[j], out=hmax)
-            xp.copyto(harg, j, where=gt)
+            # harg = where(gt, j, harg), branch-free: j exceeds every earlier column index
+            xp.maximum(harg, xp.multiply(gt, j, dtype=np.int32), out=harg)
         # vertical pass: first window row reaching the max (strict '>' keeps the earlier row)
         arg = xp.empty(y.shape, dtype=np.int32)
         gtv = geom.buffer('gt_v', y.shape, xp, np.bool_)
@@ -244,7 +247,34 @@ class PoolingLayer(Layer):
             row = hmax[:, :, sl]
             xp.greater(row, y, out=gtv)
             xp.maximum(y, row, out=y)
-            xp.copyto(arg, harg[:, :, sl] + i * kw, where=gtv)
+            # arg = where(gtv, i*kw + harg, arg): the new index exceeds every earlier one
+            cand = harg[:, :, sl] + i * kw
+            cand *= gtv
+            xp.maximum(arg, cand, out=arg)
+        return arg
+
+    def _max_argmax_taps(self, xp, xpad, y):
+        """Disjoint windows: scan the taps in row-major order (strict '>' keeps the first)."""
+        geom = self._geom
+        # small tap indices: a 1-byte argmax moves 4x less memory
+        itype = np.uint8 if geom.kernel_count <= 256 else np.int32
+        arg = xp.zeros(y.shape, dtype=itype)
+        gt = geom.buffer('gt_v', y.shape, xp, np.bool_)
+        cand = geom.buffer('cand', y.shape, xp, itype)
+        (kh, kw), (ph, pw) = geom.kernel, geom.out_shape
+        n, c = y.shape[:2]
+        # one de-interleaving copy makes every tap a contiguous block (fast ufunc loops)
+        tm = geom.buffer('tapmajor', (kh, kw, n, c, ph, pw), xp)
+        xp.copyto(tm, xpad.reshape(n, c, ph, kh, pw, kw).transpose(3, 5, 0, 1, 2, 4))
+        tm = tm.reshape((kh * kw,) + y.shape)
+        xp.copyto(y, tm[0])
+        for t in range(1, kh * kw):
+            win = tm[t]
+            xp.greater(win, y, out=gt)
+            xp.maximum(y, win, out=y)
+            # arg = where(gt, t, arg), branch-free: t exceeds every earlier tap index
+            xp.multiply(gt, itype(t), out=cand)
+            xp.maximum(arg, cand, out=arg)
         return arg
 
     def _write_mask(self, mask):
@@ -359,16 +389,17 @@ class PoolingLayer(Layer):
         acc = dx if not geom.needs_pad else geom.buffer(
             'dpad', (n, c) + geom.padded_shape, xp)
         if self.tiled:
-            # disjoint blocks: one broadcast write over a (N, C, PH, kh, PW, kw) view
+            # disjoint blocks: every input cell belongs to exactly one window, so each tap is
+            # one plain (strided) write of the whole batch and nothing needs zeroing first
             blocks = acc.reshape(n, c, ph, kh, pw, kw)
-            g6 = g.reshape(n, c, ph, 1, pw, 1)
-            if arg is None:
-                blocks[...] = g6
-            else:
-                taps = xp.arange(kh * kw, dtype=np.int32).reshape(1, 1, 1, kh, 1, kw)
-                onehot = geom.buffer('onehot', blocks.shape, xp, np.bool_)
-                xp.equal(arg.reshape(n, c, ph, 1, pw, 1), taps, out=onehot)
-                xp.multiply(onehot, g6, out=blocks)
+            eq = geom.buffer('eq', g.shape, xp, np.bool_) if arg is not None else None
+            for t, (i, j) in enumerate(kernel_taps(geom.kernel)):
+                dst = blocks[:, :, :, i, :, j]
+                if arg is None:
+                    xp.copyto(dst, g)
+                else:
+                    xp.equal(arg, t, out=eq)
+                    xp.multiply(g, eq, out=dst)
         else:
             acc.fill(0)
             for t, tap in enumerate(kernel_taps(geom.kernel)):

@@ -290,12 +290,16 @@ class ConvolutionLayer(BaseConvolutionLayer):
             inv = (0, nsp + 1) + tuple(range(1, nsp + 1))
             self.blobs[0].mutable_dev_diff[...] += dwt.transpose(inv)
         if need_x:
-            wt = self._weights_channels_last(self.weight(0))
-            dcol = xp.matmul(dym, wt)                        # (num*P, K*C)
+            # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
+            # (K, num*P, C), the layout col2im scatters fastest
+            w = self.weight(0)
+            nsp = self.nsp
+            wk = w.reshape(self.num_output, self.channels, -1).transpose(2, 0, 1)
+            dcol = xp.matmul(dym, wk)                        # (K, num*P, C)
             dxt = geom.buffer('dx_nhwc', (self.num,) + geom.in_shape + (self.channels,), xp)
-            col2im(dcol.reshape((self.num,) + geom.out_shape + geom.kernel
-                                + (self.channels,)), geom, out=dxt, channels_last=True)
-            order = (0, self.nsp + 1) + tuple(range(1, self.nsp + 1))
+            col2im(dcol.reshape(geom.kernel + (self.num,) + geom.out_shape + (self.channels,)),
+                   geom, out=dxt, taps_first=True)
+            order = (0, nsp + 1) + tuple(range(1, nsp + 1))
             dx = b.mutable_dev_diff.reshape((self.num, self.channels) + geom.in_shape)
             xp.copyto(dx, dxt.transpose(order))
 

@@ -159,22 +159,30 @@ def im2col(x, geom, out=None, channels_last=False):
     return out
 
 
-def col2im(col, geom, out=None, channels_last=False):
+def col2im(col, geom, out=None, channels_last=False, taps_first=False):
     """Adjoint of :func:`im2col`: sum every column entry back onto its input position.
 
-    ``col`` is (N, C, *kernel, *out) (or (N, *out, *kernel, C)); returns ``out`` of shape
-    (N, C, *in) (or (N, *in, C)), overwritten.
+    ``col`` is (N, C, *kernel, *out), or with ``channels_last`` (N, *out, *kernel, C), or with
+    ``taps_first`` (and channels_last) (*kernel, N, *out, C) -- that last layout makes every
+    tap's block contiguous, which is what a GEMM against per-tap weights produces and is the
+    fastest to scatter.  Returns ``out`` of shape (N, C, *in) (or (N, *in, C)), overwritten.
     """
     xp = get_array_module(col)
     nsp = geom.nsp
-    if channels_last:
+    if taps_first:
+        channels_last = True
+        n, c = col.shape[nsp], col.shape[-1]
+        col = col.reshape(geom.kernel + (n,) + geom.out_shape + (c,))
+    elif channels_last:
         n, c = col.shape[0], col.shape[-1]
         col = col.reshape((n,) + geom.out_shape + geom.kernel + (c,))
-        in_full = (n,) + geom.in_shape + (c,)
-        pad_full = (n,) + geom.padded_shape + (c,)
     else:
         n, c = col.shape[0], col.shape[1]
         col = col.reshape((n, c) + geom.kernel + geom.out_shape)
+    if channels_last:
+        in_full = (n,) + geom.in_shape + (c,)
+        pad_full = (n,) + geom.padded_shape + (c,)
+    else:
         in_full = (n, c) + geom.in_shape
         pad_full = (n, c) + geom.padded_shape
     if out is None:
@@ -184,7 +192,9 @@ def col2im(col, geom, out=None, channels_last=False):
     acc = geom.buffer('col2im', pad_full, xp, col.dtype) if geom.needs_pad else out
     acc.fill(0)
     for tap in kernel_taps(geom.kernel):
-        if channels_last:
+        if taps_first:
+            src = col[tap]
+        elif channels_last:
             src = col[(slice(None),) * (1 + nsp) + tap]
         else:
             src = col[(slice(None), slice(None)) + tap]
