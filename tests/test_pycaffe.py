@@ -3,7 +3,6 @@
 Mirrors upstream python/caffe/test/test_net.py, test_python_layer.py and test_solver.py where
 they apply.
 """
-import os
 import sys
 import textwrap
 

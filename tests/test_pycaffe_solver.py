@@ -1,5 +1,4 @@
 """pycaffe's solver surface (upstream python/caffe/test/test_solver.py and more)."""
-import os
 
 import numpy as np
 import pytest

@@ -1,5 +1,4 @@
 """caffe.draw, caffe.coord_map (upstream test_coord_map.py) and caffe.Classifier."""
-import os
 
 import numpy as np
 import pytest
@@ -8,7 +7,6 @@ import qcaffe as caffe
 from qcaffe import coord_map, draw
 from qcaffe import layers as L, params as P
 from qcaffe.coord_map import coord_map_from_to, crop
-from qcaffe.proto import caffe_pb2
 from shared_data import require_shared
 
 

@@ -1,4 +1,4 @@
-"""``python -m qcaffe.compat {path|install|uninstall} [--user]``: the opt-in ``import caffe`` shim."""
+"""``python -m qcaffe.compat {path|install|uninstall} [--user] [--dir D]``: the caffe shim."""
 import argparse
 import sys
 
