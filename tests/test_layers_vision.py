@@ -564,3 +564,16 @@ def test_layers_against_oracle(model):
             ok = len(entry['top']) == 1 and 'layer/' + entry['name'] in data.files
             producer[t] = 'layer/' + entry['name'] if ok else None
     assert checked >= 2
+
+
+@pytest.mark.parametrize('channels', [3, 9])
+def test_convolution_large_columns_are_built_in_batch_slices(monkeypatch, channels):
+    import qcaffe.layers.vision as vision
+    monkeypatch.setattr(vision, 'COL_BUDGET_BYTES', 3000)
+    x = RS.randn(5, channels, 6, 5).astype(np.float32)
+    layer = conv_layer(4, kernel_size=[3], pad=[1])
+    bottom, top = run(layer, x)
+    assert len(layer._chunks) > 1
+    ref = naive_conv(x, layer.blobs[0].data, layer.blobs[1].data, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
+    check_gradient(layer, bottom, top, setup=False, max_checks=40)

@@ -174,26 +174,72 @@ class BaseConvolutionLayer(Layer):
             self.blobs[1].mutable_dev_diff[...] += dy.sum(axis=(0, 2))
 
 
+# Column buffers larger than this are built for a slice of the batch at a time (large images):
+# the batch is still processed in as few GEMMs as fit, never one image at a time by default.
+COL_BUDGET_BYTES = 256 << 20
+
+
 @register_layer('Convolution')
 class ConvolutionLayer(BaseConvolutionLayer):
     """Caffe: ConvolutionLayer.  ``top = W * bottom + b`` with groups, dilation, N-D spatial axes
-    (``axis`` picks the channel axis; every axis after it is spatial)."""
+    (``axis`` picks the channel axis; every axis after it is spatial).  ``force_nd_im2col`` is
+    accepted and changes nothing (one N-D code path serves every dimensionality)."""
 
     def reshape(self, bottom, top):
         BaseConvolutionLayer.reshape(self, bottom, top)
+        geom = self._geom
         # channels-last pays off when the unrolled rows (kw*C floats) are long; see module doc
         self.layout = 'nhwc' if (self.group == 1 and not self.is_1x1 and self.nsp >= 1
                                  and self.channels >= 8) else 'nchw'
+        per_image = 0 if self.is_1x1 else 4 * self.channels * geom.kernel_count * geom.out_count
+        step = self.num
+        if per_image * self.num > COL_BUDGET_BYTES:
+            step = max(1, COL_BUDGET_BYTES // per_image)
+        self._chunks = [(s, min(s + step, self.num)) for s in range(0, max(self.num, 1), step)]
+        # with one chunk the forward's columns are kept for the weight gradient
+        self._keep_cols = len(self._chunks) == 1
+
+    def _batch(self, a):
+        return a.reshape((self.num, self.channels) + self._geom.in_shape)
+
+    def _columns(self, x, i):
+        """GEMM operand for the batch slice ``x`` (n, C, *in): channels-first
+        (n, G, C/G*K, P) or channels-last (n*P, K*C)."""
+        xp = get_array_module(x)
+        geom, n, c = self._geom, x.shape[0], self.channels
+        if self.layout == 'nhwc':
+            order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+            xt = geom.buffer('x_nhwc', (n,) + geom.in_shape + (c,), xp)
+            xp.copyto(xt, x.transpose(order))
+            buf = geom.buffer(('col', i), (n,) + geom.out_shape + geom.kernel + (c,), xp)
+            col = im2col(xt, geom, out=buf, channels_last=True)
+            return col.reshape(n * geom.out_count, -1)
+        shape = (n, self.group, c // self.group * geom.kernel_count, geom.out_count)
+        if self.is_1x1:
+            return x.reshape(shape)
+        buf = geom.buffer(('col', i), (n, c) + geom.kernel + geom.out_shape, xp)
+        return im2col(x, geom, out=buf).reshape(shape)
+
+    def _weights_channels_last(self, w):
+        # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the channels-last columns
+        order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+        return w.transpose(order).reshape(self.num_output, -1)
 
     def forward_impl(self, bottom, top):
         w = self.weight(0)
         if self.layout == 'nhwc':
-            self._wt = self._weights_channels_last(w)
+            w = self._weights_channels_last(w)
         for i, (b, t) in enumerate(zip(bottom, top)):
-            if self.layout == 'nhwc':
-                self._forward_nhwc(i, b.dev_data, t.mutable_dev_data)
-            else:
-                self._forward_nchw(i, b.dev_data, w, t.mutable_dev_data)
+            x = self._batch(b.dev_data)
+            y = _nchw(t.mutable_dev_data, self.num, self.num_output)
+            for s, e in self._chunks:
+                col = self._columns(x[s:e], i)
+                if self.layout == 'nhwc':
+                    self._gemm_nhwc(col, w, y[s:e])
+                else:
+                    self._gemm_nchw(col, w, y[s:e])
+            self._cols[i] = col if self._keep_cols else None
+            self._add_bias(y)
 
     def backward_impl(self, top, propagate_down, bottom):
         need_w = param_needs_grad(self, 0)
@@ -202,106 +248,66 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self._bias_grad(dy)
             if not (need_w or propagate_down[i]):
                 continue
-            if self.layout == 'nhwc':
-                self._backward_nhwc(i, dy, b, need_w, propagate_down[i])
-            else:
-                self._backward_nchw(i, dy, b, need_w, propagate_down[i])
+            dx = self._batch(b.mutable_dev_diff) if propagate_down[i] else None
+            for s, e in self._chunks:
+                col = self._cols.get(i)
+                if col is None:   # columns not kept (chunked batch): rebuild them, as Caffe does
+                    col = self._columns(self._batch(b.dev_data)[s:e], i)
+                back = self._backward_nhwc if self.layout == 'nhwc' else self._backward_nchw
+                back(dy[s:e], col, None if dx is None else dx[s:e], need_w)
 
-    # channels-first: columns (num, G, Cg*K, P) --------------------------------------------
-    def _forward_nchw(self, i, x, w, y):
-        xp = get_array_module(x)
-        g, geom = self.group, self._geom
-        cgk = self.channels // g * geom.kernel_count
-        p = geom.out_count
-        if self.is_1x1:
-            col = x.reshape(self.num, g, cgk, p)
-        else:
-            buf = geom.buffer(('col', i), (self.num, self.channels) + geom.kernel
-                              + geom.out_shape, xp)
-            col = im2col(x.reshape((self.num, self.channels) + geom.in_shape), geom, out=buf)
-            col = col.reshape(self.num, g, cgk, p)
-        self._cols[i] = col
-        y4 = y.reshape(self.num, g, self.num_output // g, p)
-        xp.matmul(w.reshape(g, self.num_output // g, cgk), col, out=y4)
-        self._add_bias(y.reshape(self.num, self.num_output, p))
+    # channels-first: W (G, O/G, C/G*K) @ columns (n, G, C/G*K, P) ---------------------------
+    def _gemm_nchw(self, col, w, y):
+        xp = get_array_module(col)
+        n, g = col.shape[0], self.group
+        xp.matmul(w.reshape(g, self.num_output // g, -1), col,
+                  out=y.reshape(n, g, self.num_output // g, -1))
 
-    def _backward_nchw(self, i, dy, b, need_w, need_x):
+    def _backward_nchw(self, dy, col, dx, need_w):
         xp = get_array_module(dy)
-        g, geom = self.group, self._geom
+        geom, n, g = self._geom, dy.shape[0], self.group
         og = self.num_output // g
-        p = geom.out_count
-        col = self._cols[i]
-        dy4 = dy.reshape(self.num, g, og, p)
+        dy4 = dy.reshape(n, g, og, -1)
         if need_w:
             dw = self.blobs[0].mutable_dev_diff.reshape(g, og, -1)
             dw += xp.matmul(dy4, col.swapaxes(-1, -2)).sum(axis=0)
-        if need_x:
-            w = self.weight(0).reshape(g, og, -1)
-            dx = b.mutable_dev_diff
+        if dx is not None:
+            wt = self.weight(0).reshape(g, og, -1).swapaxes(-1, -2)
             if self.is_1x1:
-                xp.matmul(w.swapaxes(-1, -2), dy4, out=dx.reshape(col.shape))
+                xp.matmul(wt, dy4, out=dx.reshape(col.shape))
             else:
-                dcol = xp.matmul(w.swapaxes(-1, -2), dy4)
-                col2im(dcol.reshape((self.num, self.channels) + geom.kernel + geom.out_shape),
-                       geom, out=dx)
+                dcol = xp.matmul(wt, dy4)
+                col2im(dcol.reshape((n, self.channels) + geom.kernel + geom.out_shape), geom,
+                       out=dx)
 
-    # channels-last: one GEMM (num*P, K*C) @ (K*C, O) --------------------------------------
-    def _weights_channels_last(self, w):
-        # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the column rows
-        nsp = self.nsp
-        order = (0,) + tuple(range(2, 2 + nsp)) + (1,)
-        return w.transpose(order).reshape(self.num_output, -1)
+    # channels-last: one GEMM (n*P, K*C) @ (K*C, O) ------------------------------------------
+    def _gemm_nhwc(self, colm, wt, y):
+        xp = get_array_module(colm)
+        n, p = y.shape[0], self._geom.out_count
+        ym = self._geom.buffer('y_nhwc', (n * p, self.num_output), xp)
+        xp.matmul(colm, wt.T, out=ym)
+        xp.copyto(y, ym.reshape(n, p, self.num_output).transpose(0, 2, 1))
 
-    def _to_channels_last(self, x, name):
-        xp = get_array_module(x)
-        geom, c = self._geom, self.channels
-        shape_cf = (self.num, c) + tuple(x.shape[self.channel_axis + 1:])
-        order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
-        buf = geom.buffer(name, (self.num,) + shape_cf[2:] + (c,), xp)
-        xp.copyto(buf, x.reshape(shape_cf).transpose(order))
-        return buf
-
-    def _forward_nhwc(self, i, x, y):
-        xp = get_array_module(x)
-        geom = self._geom
-        xt = self._to_channels_last(x, 'x_nhwc')
-        buf = geom.buffer(('col', i), (self.num,) + geom.out_shape + geom.kernel
-                          + (self.channels,), xp)
-        col = im2col(xt, geom, out=buf, channels_last=True)
-        colm = col.reshape(self.num * geom.out_count, -1)
-        self._cols[i] = colm
-        ym = geom.buffer('y_nhwc', (self.num * geom.out_count, self.num_output), xp)
-        xp.matmul(colm, self._wt.T, out=ym)
-        if self.bias_term:
-            ym += self.weight(1)
-        xp.copyto(y.reshape(self.num, self.num_output, geom.out_count),
-                  ym.reshape(self.num, geom.out_count, self.num_output).transpose(0, 2, 1))
-
-    def _backward_nhwc(self, i, dy, b, need_w, need_x):
+    def _backward_nhwc(self, dy, colm, dx, need_w):
         xp = get_array_module(dy)
-        geom = self._geom
-        dym = geom.buffer('dy_nhwc', (self.num, geom.out_count, self.num_output), xp)
+        geom, n, nsp = self._geom, dy.shape[0], self.nsp
+        dym = geom.buffer('dy_nhwc', (n, geom.out_count, self.num_output), xp)
         xp.copyto(dym, dy.transpose(0, 2, 1))
         dym = dym.reshape(-1, self.num_output)
         if need_w:
-            dwt = xp.matmul(dym.T, self._cols[i])          # (O, K*C)
-            nsp = self.nsp
-            dwt = dwt.reshape((self.num_output,) + geom.kernel + (self.channels,))
-            inv = (0, nsp + 1) + tuple(range(1, nsp + 1))
-            self.blobs[0].mutable_dev_diff[...] += dwt.transpose(inv)
-        if need_x:
+            dwt = xp.matmul(dym.T, colm).reshape(
+                (self.num_output,) + geom.kernel + (self.channels,))      # (O, *k, C)
+            self.blobs[0].mutable_dev_diff[...] += dwt.transpose(
+                (0, nsp + 1) + tuple(range(1, nsp + 1)))
+        if dx is not None:
             # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
-            # (K, num*P, C), the layout col2im scatters fastest
-            w = self.weight(0)
-            nsp = self.nsp
-            wk = w.reshape(self.num_output, self.channels, -1).transpose(2, 0, 1)
-            dcol = xp.matmul(dym, wk)                        # (K, num*P, C)
-            dxt = geom.buffer('dx_nhwc', (self.num,) + geom.in_shape + (self.channels,), xp)
-            col2im(dcol.reshape(geom.kernel + (self.num,) + geom.out_shape + (self.channels,)),
-                   geom, out=dxt, taps_first=True)
-            order = (0, nsp + 1) + tuple(range(1, nsp + 1))
-            dx = b.mutable_dev_diff.reshape((self.num, self.channels) + geom.in_shape)
-            xp.copyto(dx, dxt.transpose(order))
+            # (K, n*P, C), the layout col2im scatters fastest
+            wk = self.weight(0).reshape(self.num_output, self.channels, -1).transpose(2, 0, 1)
+            dcol = xp.matmul(dym, wk)
+            dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (self.channels,), xp)
+            col2im(dcol.reshape(geom.kernel + (n,) + geom.out_shape + (self.channels,)), geom,
+                   out=dxt, taps_first=True)
+            xp.copyto(dx, dxt.transpose((0, nsp + 1) + tuple(range(1, nsp + 1))))
 
 
 @register_layer('Deconvolution')
