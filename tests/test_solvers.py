@@ -608,3 +608,19 @@ def test_snapshot_files_match_caffes_own(net_kind, tmp_path):
     assert [list(h.shape.dim) for h in so.history] == [list(h.shape.dim) for h in sr.history]
     for x, y in zip(so.history, sr.history):
         assert_close(np.array(x.data), np.array(y.data), 'history')
+
+
+def test_debug_info_logs_caffes_per_layer_lines_on_display_iterations(tmp_path, caplog):
+    s = ip_solver(tmp_path, 'debug_info: true display: 2')
+    with caplog.at_level(logging.INFO, logger='qcaffe'):
+        s.step(2)
+    msgs = [r.getMessage() for r in caplog.records if '[Forward]' in r.getMessage()
+            or '[Backward]' in r.getMessage()]
+    assert any(m.startswith('    [Forward] Layer ip1, top blob ip1 data: ') for m in msgs)
+    assert any(re.match(r'    \[Forward\] Layer ip1, param blob 0 data: [\d.e-]+$', m)
+               for m in msgs)
+    assert any(re.match(r'    \[Backward\] Layer ip1, param blob 1 diff: [\d.e-]+$', m)
+               for m in msgs)
+    # the data layers do not get a bottom line; only iteration 0 is a display iteration
+    assert not any('bottom blob data' in m for m in msgs)
+    assert len([m for m in msgs if m.startswith('    [Forward] Layer loss')]) == 1

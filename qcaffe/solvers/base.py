@@ -36,6 +36,7 @@ from ..log import fmt
 from ..net import Net
 from ..proto import caffe_pb2
 from . import action as solver_action
+from .debug_info import DebugInfo
 from .lr_policy import learning_rate, policy_function
 
 log = logging.getLogger('qcaffe')
@@ -145,6 +146,11 @@ class Solver(object):
             backend.set_random_seed(p.random_seed + self.rank)
         self.net = self._init_train_net()
         self.test_nets = self._init_test_nets()
+        self._debug = None
+        if p.debug_info:
+            self._debug = DebugInfo(self.net)
+            for net in self.test_nets:
+                DebugInfo(net).active = True
         self._pre_solve()
 
     def check_param(self):
@@ -361,6 +367,8 @@ class Solver(object):
             for cb in self.callbacks:
                 cb.on_start()
             display = p.display and self.iter % p.display == 0
+            if self._debug is not None:
+                self._debug.active = bool(display)
             loss = 0.0
             for _ in range(iter_size):
                 loss += net.forward_backward()
