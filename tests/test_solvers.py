@@ -624,3 +624,30 @@ def test_debug_info_logs_caffes_per_layer_lines_on_display_iterations(tmp_path, 
     # the data layers do not get a bottom line; only iteration 0 is a display iteration
     assert not any('bottom blob data' in m for m in msgs)
     assert len([m for m in msgs if m.startswith('    [Forward] Layer loss')]) == 1
+
+
+def test_restore_errors_name_the_files(tmp_path):
+    s = ip_solver(tmp_path, batch=False)
+    with pytest.raises(QcaffeError, match='missing.solverstate'):
+        s.restore(str(tmp_path / 'missing.solverstate'))
+    state = caffe_pb2.SolverState(iter=5, learned_net=str(tmp_path / 'gone.caffemodel'))
+    for h in s.history:
+        h.to_proto(state.history.add())
+    (tmp_path / 'x.solverstate').write_bytes(state.SerializeToString())
+    with pytest.raises(SolverError, match="'.*gone.caffemodel'.*neither relative"):
+        s.restore(str(tmp_path / 'x.solverstate'))
+
+
+def test_weights_field_loads_into_train_and_test_nets_and_snapshot_diff(tmp_path):
+    src = ip_solver(tmp_path, 'snapshot_diff: true')
+    src.step(1)
+    src.snapshot()
+    model = src.last_snapshot[0]
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(model, 'rb').read())
+    ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
+    assert len(ip1.blobs[0].diff) == 7840            # snapshot_diff writes the diffs too
+    s = ip_solver(tmp_path, 'test_iter: 1 test_interval: 1 weights: "%s"' % model, batch=False)
+    for net in [s.net] + s.test_nets:
+        np.testing.assert_array_equal(net.layers[net.layer_index('ip1')].blobs[0].data,
+                                      src.net.learnable_params[0].data)
