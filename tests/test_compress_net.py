@@ -267,3 +267,30 @@ def test_cli_errors_are_one_clear_line(argv, msg, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert msg in err and 'Traceback' not in err
+
+
+def test_example_prototxts_match_the_netspec_script(tmp_path):
+    """examples/mnist/lenet_quant_*.prototxt are what quant_lenet_netspec.py writes."""
+    import os
+    import sys
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+    sys.path.insert(0, os.path.join(root, 'examples', 'mnist'))
+    try:
+        import quant_lenet_netspec as qs
+    finally:
+        sys.path.pop(0)
+    for method, bits, tag in (('ULQ', 2, 'ulq2'), ('Ternary_Quantize', 4, 'tq4')):
+        net_path, solver_path = qs.write(method, bits, str(tmp_path))
+        committed = os.path.join(root, 'examples', 'mnist',
+                                 'lenet_quant_%s_train_test.prototxt' % tag)
+        assert open(net_path).read() == open(committed).read()
+        param = caffe_pb2.NetParameter()
+        parse_prototxt_text(open(committed).read(), param)
+        conv1 = [l for l in param.layer if l.name == 'conv1'][0]
+        assert list(conv1.weights_compress) == [method, method]
+        assert [p.maxbits for p in conv1.weights_compress_param] == [bits, bits]
+        assert list(conv1.activations_compress) == ['Clip']
+        s = caffe_pb2.SolverParameter()
+        parse_prototxt_text(open(solver_path).read(), s)
+        assert (s.max_iter, s.lr_policy) == (15620, 'inv')
+        assert (s.base_lr, s.momentum, s.weight_decay) == pytest.approx((0.01, 0.9, 5e-4))
