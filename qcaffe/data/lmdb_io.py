@@ -275,6 +275,11 @@ class LMDBReader(object):
         self.index = (self.index + n) % self.entries
         return out
 
+    def all_values(self):
+        """Every value in key order (for loading a small database into memory)."""
+        with self.env.begin(buffers=False) as txn:
+            return list(txn.cursor().iternext(keys=False, values=True))
+
     def first_value(self):
         with self.env.begin() as txn:
             c = txn.cursor()
@@ -360,35 +365,54 @@ def _fast_layout(first):
     return d, prefix, size, label_len, tail[1 + label_len:]
 
 
+def decode_uniform(values):
+    """Decode plain uint8 Datums that share one layout with numpy alone, or return None.
+
+    ``(data (N, C, H, W) uint8, labels int64 (N,))`` where every record has the same length,
+    the same channels/height/width header and a label field (varints checked byte by byte),
+    as every writer of such databases produces; ``data`` is a strided view into one buffer.
+    """
+    n = len(values)
+    if n == 0:
+        return None
+    first = values[0]
+    length = len(first)
+    if not all(len(v) == length for v in values):
+        return None
+    layout = _fast_layout(first)
+    if layout is None:
+        return None
+    d, prefix, size, label_len, suffix = layout
+    p = len(prefix)
+    rec = np.frombuffer(b''.join(values), dtype=np.uint8).reshape(n, length)
+    lab = rec[:, p + size + 1:p + size + 1 + label_len]
+    ok = ((rec[:, :p] == np.frombuffer(prefix, np.uint8)).all()
+          and (rec[:, p + size] == _LABEL_TAG).all()
+          and (rec[:, p + size + 1 + label_len:] == np.frombuffer(suffix, np.uint8)).all()
+          and (lab[:, :-1] >= 0x80).all() and (lab[:, -1] < 0x80).all())
+    if not ok:
+        return None
+    shifts = np.arange(label_len, dtype=np.uint64) * np.uint64(7)
+    labels = ((lab & 0x7f).astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+    labels = labels.view(np.int64).astype(np.int32).astype(np.int64)
+    return rec[:, p:p + size].reshape(n, d.channels, d.height, d.width), labels
+
+
 def decode_datums(values, force_color=False, force_gray=False, layer=None, ragged=False):
     """Decode serialized Datums to ``(data (N, C, H, W), labels int64 (N,))``.
 
-    Plain uint8 records of one layout are decoded together with numpy (no per-record protobuf
-    parse); anything else (float_data, encoded images, mixed layouts) record by record.
-    Records of different shapes are an error unless ``ragged``: then ``data`` is a list of
-    (C, H, W) arrays (a cropping transform can still make one batch of them, as in Caffe).
+    Plain uint8 records of one layout are decoded together with numpy (``decode_uniform``: no
+    per-record protobuf parse); anything else (float_data, encoded images, mixed layouts)
+    record by record.  Records of different shapes are an error unless ``ragged``: then
+    ``data`` is a list of (C, H, W) arrays (a cropping transform can still make one batch of
+    them, as in Caffe).
     """
     n = len(values)
     if n == 0:
         raise DataSourceError('%sno records to decode' % _where(layer))
-    first = values[0]
-    length = len(first)
-    layout = _fast_layout(first) if all(len(v) == length for v in values) else None
-    if layout is not None:
-        d, prefix, size, label_len, suffix = layout
-        p = len(prefix)
-        rec = np.frombuffer(b''.join(values), dtype=np.uint8).reshape(n, length)
-        lab = rec[:, p + size + 1:p + size + 1 + label_len]
-        ok = ((rec[:, :p] == np.frombuffer(prefix, np.uint8)).all()
-              and (rec[:, p + size] == _LABEL_TAG).all()
-              and (rec[:, p + size + 1 + label_len:] == np.frombuffer(suffix, np.uint8)).all()
-              and (lab[:, :-1] >= 0x80).all() and (lab[:, -1] < 0x80).all())
-        if ok:
-            shifts = np.arange(label_len, dtype=np.uint64) * np.uint64(7)
-            labels = ((lab & 0x7f).astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
-            labels = labels.view(np.int64).astype(np.int32).astype(np.int64)
-            data = rec[:, p:p + size].reshape(n, d.channels, d.height, d.width)
-            return data, labels
+    fast = decode_uniform(values)
+    if fast is not None:
+        return fast
     arrays, labels = [], np.empty(n, dtype=np.int64)
     for i, v in enumerate(values):
         datum = parse_datum(v)

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .. import backend
-from ..data.lmdb_io import DataSourceError, LMDBReader, decode_datums
+from ..data.lmdb_io import DataSourceError, LMDBReader, decode_datums, decode_uniform
 from ..data.prefetch import Prefetcher
 from ..data.transformer import DataTransformer
 from ..fillers import fill_array
@@ -505,13 +505,23 @@ class BasePrefetchingDataLayer(Layer):
 
 
 # ------------------------------------------------------------------------------ Data
+# A database of plain uint8 Datums whose records total at most this many bytes is decoded
+# into one array at setup (MNIST train: 47 MB): each batch is then a slice, so the prefetch
+# thread makes a handful of numpy calls per batch instead of 128 LMDB calls, and barely
+# competes with the training thread for the GIL.  Order and wrap-around are unchanged.
+IN_MEMORY_LIMIT = int(float(os.environ.get('QCAFFE_DATA_IN_MEMORY_MB', '512')) * (1 << 20))
+
+
 @register_layer('Data')
 class DataLayer(BasePrefetchingDataLayer):
     """Caffe: ``DataLayer``: Datum records of an LMDB, read in key order with wrap-around.
 
     ``backend: LEVELDB`` (Caffe's default) is accepted only when the source is in fact an
-    LMDB directory (a warning says so); LevelDB itself is not supported.
+    LMDB directory (a warning says so); LevelDB itself is not supported.  Small databases of
+    plain uint8 Datums are held in memory (``IN_MEMORY_LIMIT``, environment variable
+    ``QCAFFE_DATA_IN_MEMORY_MB``; 0 always streams), larger ones are streamed.
     """
+    memory = None
 
     def data_layer_setup(self, top):
         p = self.layer_param.data_param
@@ -540,17 +550,43 @@ class DataLayer(BasePrefetchingDataLayer):
             skip = int(backend.rng().randint(0, p.rand_skip))
             log.info('Skipping first %d data points.', skip)
             self.reader.skip(skip)
-        raw, _ = decode_datums([self.reader.peek()], self.force_color, self.force_gray,
-                               self.name)
+        first = self.reader.peek()
+        raw, _ = decode_datums([first], self.force_color, self.force_gray, self.name)
+        self.pos = self.reader.index
+        if self.reader.entries * len(first) <= IN_MEMORY_LIMIT:
+            fast = decode_uniform(self.reader.all_values())
+            if fast is not None:
+                self.memory = (np.ascontiguousarray(fast[0]), fast[1].astype(np.float32))
+                log.info('Layer %s: %d records of %s held in memory (%.1f MB)', self.name,
+                         len(fast[1]), p.source, self.memory[0].nbytes / 1e6)
+                self.reader.close()
+                self.reader = None
         return raw.shape[1:]
 
     def source_state(self):
-        return {'position': self.reader.index}
+        return {'position': self.pos if self.memory is not None else self.reader.index}
 
     def restore_source_state(self, state):
-        self.reader.seek(int(state['position']))
+        if self.memory is not None:
+            self.pos = int(state['position']) % len(self.memory[1])
+        else:
+            self.reader.seek(int(state['position']))
 
     def load_batch(self, batch, rng):
+        if self.memory is not None:
+            data, labels = self.memory
+            n, b, pos = len(labels), self.batch_size, self.pos
+            if pos + b <= n:
+                raw, lab = data[pos:pos + b], labels[pos:pos + b]  # views, no copy
+            else:
+                idx = (pos + np.arange(b)) % n
+                raw, lab = data[idx], labels[idx]
+            if pos + b >= n:
+                log.info('Restarting data prefetching from start.')
+            self.pos = (pos + b) % n
+            self.transform_into(batch, raw, rng)
+            batch['label'][...] = lab
+            return
         values = self.reader.next_values(self.batch_size)
         raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name,
                                     ragged=True)
