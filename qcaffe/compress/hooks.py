@@ -134,7 +134,9 @@ class LayerCompression(object):
                 continue
             self._loaded.pop(i, None)
             out = blob.mutable_dev_quantize
-            state = METHODS[method].fn(blob.dev_data, k, out)
+            # quantize what the layer would otherwise compute with (masks of DNS/INQ
+            # subclasses compose: Q(W ⊙ mask)); for plain layers that is blob i's data
+            state = METHODS[method].fn(self._orig_weight(i), k, out)
             if state is None:          # ULQ with maxbits <= 0: the fork leaves the buffer
                 state = blob.compress_state or QuantState(0.0, 0.0, 0, k)
             blob.compress_state = state
