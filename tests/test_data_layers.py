@@ -2,8 +2,6 @@
 import gzip
 import io
 import logging
-import os
-import threading
 import time
 
 import numpy as np

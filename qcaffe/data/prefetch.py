@@ -61,7 +61,8 @@ class Prefetcher(object):
     """Run ``fill(batch, rng)`` on a background thread over ``count`` reusable batches.
 
     ``rng``: the thread's generator (default: a new one seeded with ``seed``, itself drawn
-    from ``backend.rng()`` when not given).  ``make_batch()`` builds one batch buffer (any object, typically a dict of numpy arrays);
+    from ``backend.rng()`` when not given).  ``make_batch()`` builds one batch buffer (any
+    object, typically a dict of numpy arrays);
     ``fill(batch, rng)`` fills it in place (it may also replace entries, e.g. when shapes
     change).  ``next()`` returns the next full batch; give it back with ``release(batch)``
     once its contents are copied (Caffe: ``prefetch_free_.push``).

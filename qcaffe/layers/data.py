@@ -170,7 +170,7 @@ class MemoryDataLayer(Layer):
         self.pos = 0
 
     def set_input_arrays(self, data, labels):
-        """Convenience: ``reset(data, labels, len(data))`` with labels of shape (N,) or (N,1,1,1)."""
+        """``reset(data, labels, len(data))``; labels of shape (N,) or (N, 1, 1, 1)."""
         self.reset(data, labels, len(data))
 
     def extra_state(self):
