@@ -651,3 +651,24 @@ def test_weights_field_loads_into_train_and_test_nets_and_snapshot_diff(tmp_path
     for net in [s.net] + s.test_nets:
         np.testing.assert_array_equal(net.layers[net.layer_index('ip1')].blobs[0].data,
                                       src.net.learnable_params[0].data)
+
+
+def test_train_net_and_test_net_files(tmp_path):
+    require_layers('Input', 'InnerProduct', 'SoftmaxWithLoss', 'Accuracy')
+    net_file = tmp_path / 'net.prototxt'
+    net_file.write_text(IP_NET)
+    p = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy='fixed', train_net=str(net_file),
+                                  test_interval=5)
+    p.test_net.extend([str(net_file)] * 2)
+    p.test_iter.extend([1, 1])
+    s = create_solver(p)
+    assert [n.phase for n in s.test_nets] == [caffe_pb2.TEST] * 2
+    assert 'acc' in s.test_nets[1].layer_names and 'acc' not in s.net.layer_names
+    p.net = str(net_file)
+    with pytest.raises(SolverError, match='exactly one of train_net_param, train_net, '
+                       'net_param, net.*found train_net, net'):
+        create_solver(p)
+    p.ClearField('net')
+    del p.test_iter[1:]
+    with pytest.raises(SolverError, match='test_iter.*2 test nets, 1 test_iter'):
+        create_solver(p)
