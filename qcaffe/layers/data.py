@@ -411,10 +411,11 @@ class BasePrefetchingDataLayer(Layer):
     exact_num_bottom = 0
     min_top = 1
     max_top = 2
-    prefetch_count = 4
 
     def layer_setup(self, bottom, top):
         self.output_labels = len(top) > 1
+        # Caffe reads PREFETCH_COUNT from data_param for every prefetching layer.
+        self.prefetch_count = int(self.layer_param.data_param.prefetch)
         self.transformer = DataTransformer(self.layer_param.transform_param, self.phase,
                                            self.name)
         item_shape = self.data_layer_setup(top)
@@ -541,7 +542,6 @@ class DataLayer(BasePrefetchingDataLayer):
                                  'backend is not set) is not supported; qcaffe reads LMDB '
                                  'only: convert the data to LMDB and set "backend: LMDB" '
                                  '(source %r)' % (self.name, p.source))
-        self.prefetch_count = int(p.prefetch)
         self.force_color = bool(p.force_encoded_color or
                                 self.layer_param.transform_param.force_color)
         self.force_gray = bool(self.layer_param.transform_param.force_gray)
