@@ -1,20 +1,36 @@
 """LeNet forward (deploy net) at batch 100: median wall time of many forwards, in ms.
 
-Usage:  python bench/bench_forward.py [--batch 100] [--runs 200] [--profile] [--no-torch]
+Usage:  python bench/bench_forward.py [--batch 100] [--runs 200] [--threads N] [--profile]
+                                      [--no-torch]
 
 Builds the LeNet deploy net (``../shared/data/models/lenet/lenet.prototxt`` when present, the
 same definition inline otherwise), loads the trained weights when available, fills the input
 with MNIST-like data and times ``net.forward()`` (median and min over ``--runs`` after a
 warm-up).  ``--profile`` also prints the per-layer median (like ``caffe time``).  When PyTorch
 is importable the same network (conv-pool-conv-pool-ip-relu-ip-softmax) is timed with
-``torch.no_grad()`` for comparison, with the same number of threads.
+``torch.no_grad()`` for comparison, with its default threads; the two are timed alternately
+so the load of a shared machine falls on both alike (the load average is printed).
 """
 import argparse
 import os
 import sys
 import time
 
-import numpy as np
+
+def _early_threads(argv):
+    # BLAS thread pools are sized when numpy/torch load: --threads must act before the imports
+    for i, a in enumerate(argv):
+        if a.startswith('--threads'):
+            n = a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
+            for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+                os.environ[var] = n
+            return int(n)
+    return None
+
+
+THREADS = _early_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -74,51 +90,50 @@ def mnist_like(batch, seed=0):
     return x
 
 
-def median_ms(fn, runs, warmup=10):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(ts)), 1e3 * float(np.min(ts))
-
-
-def bench_qcaffe(batch, runs, profile):
-    net, source = build_lenet(batch)
-    net.blob_by_name('data').data[...] = mnist_like(batch)
-    med, best = median_ms(net.forward_prefilled, runs)
-    print('qcaffe  LeNet forward batch %d: median %.3f ms, min %.3f ms  (%s)'
-          % (batch, med, best, source))
-    if profile:
-        per = {i: [] for i in range(len(net.layers))}
-        for _ in range(max(20, runs // 4)):
-            for i, layer in enumerate(net.layers):
-                t0 = time.perf_counter()
-                layer.forward(net.bottom_vecs[i], net.top_vecs[i])
-                per[i].append(time.perf_counter() - t0)
-        for i, layer in enumerate(net.layers):
-            print('  %-8s %-12s %.3f ms' % (layer.name, layer.type, 1e3 * np.median(per[i])))
-    return med
-
-
-def bench_torch(batch, runs):
+def torch_lenet(batch):
+    """The same network in PyTorch (eval, no_grad), or None when torch is not importable."""
     try:
         import torch
     except ImportError:
-        print('torch not importable: no PyTorch comparison')
         return None
     import torch.nn as nn
     model = nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5),
                           nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(),
                           nn.Linear(500, 10), nn.Softmax(dim=1)).eval()
     x = torch.from_numpy(mnist_like(batch))
-    with torch.no_grad():
-        med, best = median_ms(lambda: model(x), runs)
-    print('PyTorch %s LeNet forward batch %d: median %.3f ms, min %.3f ms (%d threads)'
-          % (torch.__version__, batch, med, best, torch.get_num_threads()))
-    return med
+    if THREADS:
+        torch.set_num_threads(THREADS)
+
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run, 'PyTorch %s (%d threads)' % (torch.__version__, torch.get_num_threads())
+
+
+def interleaved_ms(fns, runs, warmup=10):
+    """Median and min ms of each function, timed alternately so that a shared machine's load
+    falls on all of them alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [(1e3 * float(np.median(ts)), 1e3 * float(np.min(ts))) for ts in times]
+
+
+def profile_layers(net, runs):
+    per = {i: [] for i in range(len(net.layers))}
+    for _ in range(runs):
+        for i, layer in enumerate(net.layers):
+            t0 = time.perf_counter()
+            layer.forward(net.bottom_vecs[i], net.top_vecs[i])
+            per[i].append(time.perf_counter() - t0)
+    for i, layer in enumerate(net.layers):
+        print('  %-8s %-12s %.3f ms' % (layer.name, layer.type, 1e3 * np.median(per[i])))
 
 
 def main(argv=None):
@@ -127,10 +142,25 @@ def main(argv=None):
     ap.add_argument('--runs', type=int, default=200)
     ap.add_argument('--profile', action='store_true', help='per-layer forward times')
     ap.add_argument('--no-torch', action='store_true')
+    ap.add_argument('--threads', type=int, default=None,
+                    help='BLAS/torch threads for both (default: the libraries\' own)')
     args = ap.parse_args(argv)
-    bench_qcaffe(args.batch, args.runs, args.profile)
-    if not args.no_torch:
-        bench_torch(args.batch, args.runs)
+    net, source = build_lenet(args.batch)
+    net.blob_by_name('data').data[...] = mnist_like(args.batch)
+    fns, names = [net.forward_prefilled], ['qcaffe']
+    tl = None if args.no_torch else torch_lenet(args.batch)
+    if tl is not None:
+        fns.append(tl[0])
+        names.append(tl[1])
+    elif not args.no_torch:
+        print('torch not importable: no PyTorch comparison')
+    print('LeNet forward, batch %d, %d runs, threads %s (%s), load average %s'
+          % (args.batch, args.runs, args.threads or 'default', source,
+             ' '.join('%.2f' % v for v in os.getloadavg())))
+    for name, (med, best) in zip(names, interleaved_ms(fns, args.runs)):
+        print('  %-28s median %7.3f ms   min %7.3f ms' % (name, med, best))
+    if args.profile:
+        profile_layers(net, max(20, args.runs // 4))
 
 
 if __name__ == '__main__':

@@ -45,7 +45,6 @@ def naive_conv(x, w, b, stride, pad, dil, group):
     n, c = x.shape[:2]
     o, cg = w.shape[:2]
     k = w.shape[2:]
-    nsp = len(k)
     xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
     out = [(s + 2 * p - (d * (kk - 1) + 1)) // st + 1
            for s, p, d, kk, st in zip(x.shape[2:], pad, dil, k, stride)]

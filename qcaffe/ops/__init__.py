@@ -3,5 +3,8 @@
 * :mod:`qcaffe.ops.im2col`: N-D im2col / col2im (convolution, deconvolution, Im2col layer,
   pooling windows), in channels-first (Caffe's) and channels-last layouts.
 """
-from .im2col import (ConvGeometry, as_strided, col2im, im2col, padded, window_view,  # noqa
-                     kernel_taps, tap_slices)
+from .im2col import (ConvGeometry, as_strided, col2im, im2col, kernel_taps, padded,
+                     tap_slices, window_view)
+
+__all__ = ['ConvGeometry', 'as_strided', 'col2im', 'im2col', 'kernel_taps', 'padded',
+           'tap_slices', 'window_view']
