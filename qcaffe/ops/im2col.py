@@ -86,15 +86,22 @@ class ConvGeometry(object):
         return tuple(slice(p, p + i) for p, i in zip(self.pad, self.in_shape))
 
     def buffer(self, name, shape, xp, dtype=np.float32, fill=None):
-        """A cached work array (created, and filled with ``fill``, only on first use)."""
-        key = (name, tuple(shape), xp.__name__, np.dtype(dtype).str, fill)
-        buf = self._buffers.get(key)
-        if buf is None:
-            if fill is None:
-                buf = xp.empty(shape, dtype=dtype)
-            else:
-                buf = xp.full(shape, fill, dtype=dtype)
-            self._buffers[key] = buf
+        """A cached work array (created, and filled with ``fill``, only on first use).
+
+        At most two shapes are kept per name (a batch split in slices uses the full slice and
+        the remainder), so changing batch sizes do not pile up memory.
+        """
+        key = (tuple(shape), xp.__name__, np.dtype(dtype).str, fill)
+        entries = self._buffers.setdefault(name, [])
+        for k, buf in entries:
+            if k == key:
+                return buf
+        if fill is None:
+            buf = xp.empty(shape, dtype=dtype)
+        else:
+            buf = xp.full(shape, fill, dtype=dtype)
+        entries.insert(0, (key, buf))
+        del entries[2:]
         return buf
 
 
