@@ -70,7 +70,21 @@ def _native_id(record):
 
 
 class _Handler(logging.StreamHandler):
-    """Marker class so setup_logging can replace its own handler idempotently."""
+    """Marker class so setup_logging can replace its own handler idempotently.
+
+    Given no stream, or ``sys.stderr`` itself, it writes to the *current* ``sys.stderr``
+    (looked up at each record), so a replaced stderr (pytest's capture, Jupyter) is never
+    written to after it is gone, e.g. by a data layer's prefetch thread logging later.
+    """
+
+    def __init__(self, stream=None):
+        self._follow_stderr = stream is None or stream is sys.stderr
+        super().__init__(sys.stderr if stream is None else stream)
+
+    def emit(self, record):
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def setup_logging(level=logging.INFO, stream=None):
@@ -83,7 +97,7 @@ def setup_logging(level=logging.INFO, stream=None):
     for h in list(logger.handlers):
         if isinstance(h, _Handler):
             logger.removeHandler(h)
-    handler = _Handler(sys.stderr if stream is None else stream)
+    handler = _Handler(stream)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     if isinstance(level, str):

@@ -145,15 +145,22 @@ def test_missing_and_non_lmdb_sources_name_path_and_layer(tmp_path):
         write_lmdb(str(tmp_path / 'db'), [(b'0', b'x')])
 
 
-def test_leveldb_backend_is_rejected_clearly(tmp_path, mnist_db, caplog):
+def test_leveldb_backend_is_rejected_clearly(tmp_path, mnist_db):
     layer = data_layer(str(tmp_path), backend_name='LEVELDB', name='d')
     with pytest.raises(LayerError, match=r"'d'.*LEVELDB.*not supported.*backend: LMDB"):
         layer.setup([], [Blob(), Blob()])
-    # An LMDB source under Caffe's default backend is read, with a warning.
-    with caplog.at_level(logging.WARNING, logger='qcaffe'):
+    # An LMDB source under Caffe's default backend is read, with a warning.  (A handler on
+    # the qcaffe logger itself: the CLI's glog setup stops propagation to pytest's caplog.)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger('qcaffe')
+    logger.addHandler(handler)
+    try:
         top, out = run_layer(data_layer(mnist_db, backend_name='LEVELDB'), 1)
+    finally:
+        logger.removeHandler(handler)
     assert top[0].shape == (64, 1, 28, 28)
-    assert 'backend: LMDB' in caplog.text
+    assert 'backend: LMDB' in stream.getvalue()
 
 
 # --------------------------------------------------------------------------- Data layer
