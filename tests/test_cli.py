@@ -361,3 +361,16 @@ def test_sigint_effect_none_keeps_training(workdir):
     err = ''.join(lines)
     assert proc.returncode == 0, err
     assert 'Optimization stopped early.' not in err and 'Iteration 400, loss' in err
+
+
+def test_train_stage_and_level(workdir, capsys):
+    """--stage and --level go into train_state (caffe.md 5.1) and select layers by rule."""
+    text = (workdir / 'net.prototxt').read_text()
+    text += ('layer { name: "train_acc" type: "Accuracy" bottom: "ip2" bottom: "label" '
+             'top: "train_acc" include { phase: TRAIN stage: "acc" min_level: 2 } }\n')
+    (workdir / 'net.prototxt').write_text(text)
+    for extra, present in (([], False), (['--stage', 'acc'], False),
+                           (['--stage=acc', '--level=2'], True), (['--level', '2'], False)):
+        assert cli(['train', '--solver', 'solver.prototxt', '--iterations', '1'] + extra) == 0
+        err = capsys.readouterr().err
+        assert ('Train net output #1: train_acc = ' in err) == present, extra
