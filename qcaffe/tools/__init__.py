@@ -107,27 +107,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------- running
-class _CurrentStderr(object):
-    """Writes to whatever ``sys.stderr`` is at the time of writing.
-
-    Background threads (data prefetch) may log after a command returned; when the caller has
-    swapped ``sys.stderr`` since (pytest's capture, a notebook), a handler bound to the old
-    stream would write to a closed file.
-    """
-
-    def write(self, text):
-        return sys.stderr.write(text)
-
-    def flush(self):
-        sys.stderr.flush()
-
-
 def setup_logging():
     """glog-format logging on stderr, as Caffe's tools do (``FLAGS_alsologtostderr``)."""
     # 'from ..log import' (not 'from .. import log'): qcaffe.log is pycaffe's caffe.log()
     # function at package level, the glog module only as a submodule.
     from ..log import setup_logging as glog_setup
-    glog_setup(logging.INFO, _CurrentStderr())
+    glog_setup(logging.INFO)  # follows the current sys.stderr (see qcaffe.log._Handler)
 
 
 def run_main(build_parser, run, argv, prog):
