@@ -576,3 +576,23 @@ def test_convolution_large_columns_are_built_in_batch_slices(monkeypatch, channe
     ref = naive_conv(x, layer.blobs[0].data, layer.blobs[1].data, (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
     check_gradient(layer, bottom, top, setup=False, max_checks=40)
+
+
+def test_batch_split_threads_give_identical_results(monkeypatch):
+    import qcaffe.ops.parallel as parallel
+    x = (np.round(RS.randn(6, 3, 8, 8) * 2) / 2).astype(np.float32)
+    dy = RS.randn(6, 3, 4, 4).astype(np.float32)
+    results = []
+    for threads in ('1', '3'):
+        monkeypatch.setenv('QCAFFE_NUM_THREADS', threads)
+        monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
+        out = []
+        for phase in ('TRAIN', 'TEST'):
+            layer = pool_layer(phase, pool='MAX', kernel_size=2, stride=2)
+            bottom, top = run(layer, x)
+            top[0].diff[...] = dy
+            layer.backward(top, [True], bottom)
+            out += [top[0].data.copy(), bottom[0].diff.copy()]
+        results.append(out)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

@@ -29,6 +29,7 @@ import numpy as np
 from .. import backend
 from ..backend import get_array_module
 from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_slices
+from ..ops.parallel import batch_split
 from ..proto import caffe_pb2
 from .base import Layer, LayerError, register_layer
 
@@ -193,21 +194,25 @@ class PoolingLayer(Layer):
         xpad = padded(x, geom, -np.inf, name=('pad', -np.inf))
         # vertical pass first: its taps are whole rows (contiguous), the strided horizontal
         # pass then runs on data already reduced kh-fold
-        rows = [xpad[:, :, i:i + sh * (ph - 1) + 1:sh, :] for i in range(kh)]
-        v = geom.buffer('vmax', rows[0].shape, xp)
-        if kh == 1:
-            xp.copyto(v, rows[0])
-        else:
-            xp.maximum(rows[0], rows[1], out=v)
-            for r in rows[2:]:
-                xp.maximum(v, r, out=v)
-        cols = [v[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
-        if kw == 1:
-            xp.copyto(y, cols[0])
-        else:
-            xp.maximum(cols[0], cols[1], out=y)
-            for cv in cols[2:]:
-                xp.maximum(y, cv, out=y)
+        v = geom.buffer('vmax', (xpad.shape[0], xpad.shape[1], ph, xpad.shape[3]), xp)
+
+        def work(s, e):
+            rows = [xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh, :] for i in range(kh)]
+            vs, ys = v[s:e], y[s:e]
+            if kh == 1:
+                xp.copyto(vs, rows[0])
+            else:
+                xp.maximum(rows[0], rows[1], out=vs)
+                for r in rows[2:]:
+                    xp.maximum(vs, r, out=vs)
+            cols = [vs[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
+            if kw == 1:
+                xp.copyto(ys, cols[0])
+            else:
+                xp.maximum(cols[0], cols[1], out=ys)
+                for cv in cols[2:]:
+                    xp.maximum(ys, cv, out=ys)
+        batch_split(y.shape[0], work, xpad.size, xp)
 
     def _max_argmax(self, x, y):
         """Max with Caffe's first-max argmax; returns the tap index (i*kw + j) per output."""
@@ -265,16 +270,21 @@ class PoolingLayer(Layer):
         n, c = y.shape[:2]
         # one de-interleaving copy makes every tap a contiguous block (fast ufunc loops)
         tm = geom.buffer('tapmajor', (kh, kw, n, c, ph, pw), xp)
-        xp.copyto(tm, xpad.reshape(n, c, ph, kh, pw, kw).transpose(3, 5, 0, 1, 2, 4))
-        tm = tm.reshape((kh * kw,) + y.shape)
-        xp.copyto(y, tm[0])
-        for t in range(1, kh * kw):
-            win = tm[t]
-            xp.greater(win, y, out=gt)
-            xp.maximum(y, win, out=y)
-            # arg = where(gt, t, arg), branch-free: t exceeds every earlier tap index
-            xp.multiply(gt, itype(t), out=cand)
-            xp.maximum(arg, cand, out=arg)
+        src = xpad.reshape(n, c, ph, kh, pw, kw).transpose(3, 5, 0, 1, 2, 4)
+        tmk = tm.reshape((kh * kw,) + y.shape)
+
+        def work(s, e):
+            xp.copyto(tm[:, :, s:e], src[:, :, s:e])
+            ys, gs, cs, args = y[s:e], gt[s:e], cand[s:e], arg[s:e]
+            xp.copyto(ys, tmk[0, s:e])
+            for t in range(1, kh * kw):
+                win = tmk[t, s:e]
+                xp.greater(win, ys, out=gs)
+                xp.maximum(ys, win, out=ys)
+                # arg = where(gt, t, arg), branch-free: t exceeds every earlier tap index
+                xp.multiply(gs, itype(t), out=cs)
+                xp.maximum(args, cs, out=args)
+        batch_split(n, work, xpad.size, xp)
         return arg
 
     def _write_mask(self, mask):
@@ -393,13 +403,17 @@ class PoolingLayer(Layer):
             # one plain (strided) write of the whole batch and nothing needs zeroing first
             blocks = acc.reshape(n, c, ph, kh, pw, kw)
             eq = geom.buffer('eq', g.shape, xp, np.bool_) if arg is not None else None
-            for t, (i, j) in enumerate(kernel_taps(geom.kernel)):
-                dst = blocks[:, :, :, i, :, j]
-                if arg is None:
-                    xp.copyto(dst, g)
-                else:
-                    xp.equal(arg, t, out=eq)
-                    xp.multiply(g, eq, out=dst)
+            taps = list(enumerate(kernel_taps(geom.kernel)))
+
+            def work(s, e):
+                for t, (i, j) in taps:
+                    dst = blocks[s:e, :, :, i, :, j]
+                    if arg is None:
+                        xp.copyto(dst, g[s:e])
+                    else:
+                        xp.equal(arg[s:e], t, out=eq[s:e])
+                        xp.multiply(g[s:e], eq[s:e], out=dst)
+            batch_split(n, work, acc.size, xp)
         else:
             acc.fill(0)
             for t, tap in enumerate(kernel_taps(geom.kernel)):

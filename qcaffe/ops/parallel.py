@@ -1,0 +1,65 @@
+"""Memory-bound numpy work on every core: split the batch axis across threads.
+
+BLAS already runs GEMMs on all cores, but numpy's element-wise loops, copies and reductions
+use one.  They do release the GIL inside their C loops, so handing each thread a contiguous
+slice of the minibatch (``work(start, stop)``) runs them in parallel -- it is not a Python loop
+over images: there is one slice per core.  Workers must write disjoint slices of preallocated
+arrays only.  cupy arrays (and small jobs, where the hand-off costs more than it saves) run
+in the calling thread.
+
+``QCAFFE_NUM_THREADS`` sets the number of threads (default 1: on a machine whose cores are
+already busy the hand-off only adds latency; set it to the core count on an idle machine).
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+MIN_ELEMENTS = 1 << 16   # per call: smaller jobs are not worth a thread hand-off
+
+_pool = None
+_lock = threading.Lock()
+_local = threading.local()
+
+
+def num_threads():
+    env = os.environ.get('QCAFFE_NUM_THREADS')
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            pass
+    return 1
+
+
+def _executor(n):
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < n:
+            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix='qcaffe-batch')
+        return _pool
+
+
+def batch_split(n, work, elements, xp=np):
+    """Run ``work(start, stop)`` over ``[0, n)`` in one contiguous slice per thread."""
+    t = min(num_threads(), n)
+    if (t <= 1 or xp is not np or elements < MIN_ELEMENTS
+            or getattr(_local, 'inside', False)):
+        work(0, n)
+        return
+    bounds = [(n * i // t, n * (i + 1) // t) for i in range(t)]
+    pool = _executor(t - 1)
+
+    def run(s, e):
+        _local.inside = True   # no nested splitting from inside a worker
+        try:
+            work(s, e)
+        finally:
+            _local.inside = False
+    futures = [pool.submit(run, s, e) for s, e in bounds[1:]]
+    try:
+        run(*bounds[0])
+    finally:
+        for f in futures:
+            f.result()
