@@ -593,6 +593,15 @@ def test_batch_split_threads_give_identical_results(monkeypatch):
             top[0].diff[...] = dy
             layer.backward(top, [True], bottom)
             out += [top[0].data.copy(), bottom[0].diff.copy()]
+        for c in (3, 8):   # channels-first and channels-last convolution, padded
+            xc = np.tile(x, (1, 3, 1, 1))[:, :c]
+            layer = conv_layer(4, kernel_size=[3], pad=[1], stride=[2],
+                               weight_filler=dict(type='constant', value=0.25),
+                               bias_filler=dict(type='constant', value=0.5))
+            bottom, top = run(layer, xc)
+            top[0].diff[...] = 1.0
+            layer.backward(top, [True], bottom)
+            out += [top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()]
         results.append(out)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

@@ -27,6 +27,7 @@ import itertools
 import numpy as np
 
 from ..backend import get_array_module
+from .parallel import batch_split
 
 
 def as_strided(xp, a, shape, strides):
@@ -129,7 +130,11 @@ def padded(x, geom, value=0.0, channels_last=False, name='pad'):
     else:
         shape = x.shape[:2] + geom.padded_shape
     buf = geom.buffer(name, shape, xp, x.dtype, fill=float(value))
-    buf[_spatial_index(geom.interior(), channels_last)] = x
+    inner = buf[_spatial_index(geom.interior(), channels_last)]
+
+    def work(s, e):
+        inner[s:e] = x[s:e]
+    batch_split(x.shape[0], work, x.size, xp)
     return buf
 
 
@@ -162,7 +167,10 @@ def im2col(x, geom, out=None, channels_last=False):
         out = xp.empty(view.shape, dtype=x.dtype)
     else:
         out = out.reshape(view.shape)
-    xp.copyto(out, view)
+
+    def work(s, e):
+        xp.copyto(out[s:e], view[s:e])
+    batch_split(out.shape[0], work, out.size, xp)
     return out
 
 
@@ -197,16 +205,21 @@ def col2im(col, geom, out=None, channels_last=False, taps_first=False):
     else:
         out = out.reshape(in_full)
     acc = geom.buffer('col2im', pad_full, xp, col.dtype) if geom.needs_pad else out
-    acc.fill(0)
-    for tap in kernel_taps(geom.kernel):
-        if taps_first:
-            src = col[tap]
-        elif channels_last:
-            src = col[(slice(None),) * (1 + nsp) + tap]
-        else:
-            src = col[(slice(None), slice(None)) + tap]
-        dst = acc[_spatial_index(tap_slices(geom, tap), channels_last)]
-        dst += src
-    if geom.needs_pad:
-        out[...] = acc[_spatial_index(geom.interior(), channels_last)]
+    taps = kernel_taps(geom.kernel)
+
+    def work(s, e):
+        a = acc[s:e]
+        a.fill(0)
+        for tap in taps:
+            if taps_first:
+                src = col[tap + (slice(s, e),)]
+            elif channels_last:
+                src = col[(slice(s, e),) + (slice(None),) * nsp + tap]
+            else:
+                src = col[(slice(s, e), slice(None)) + tap]
+            dst = a[_spatial_index(tap_slices(geom, tap), channels_last)]
+            dst += src
+        if geom.needs_pad:
+            out[s:e] = a[_spatial_index(geom.interior(), channels_last)]
+    batch_split(n, work, col.size, xp)
     return out

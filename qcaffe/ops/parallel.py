@@ -7,11 +7,14 @@ over images: there is one slice per core.  Workers must write disjoint slices of
 arrays only.  cupy arrays (and small jobs, where the hand-off costs more than it saves) run
 in the calling thread.
 
-``QCAFFE_NUM_THREADS`` sets the number of threads (default 1: on a machine whose cores are
-already busy the hand-off only adds latency; set it to the core count on an idle machine).
+``QCAFFE_NUM_THREADS`` sets the number of threads.  By default it is the core count while the
+machine has idle cores (1-minute load average below cores + 1, i.e. only this process is
+busy; re-read every 2 s) and 1 otherwise: when every core is already taken by other
+processes the hand-off only adds latency.
 """
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,6 +26,9 @@ _lock = threading.Lock()
 _local = threading.local()
 
 
+_idle = {'checked': -1e9, 'threads': 1}
+
+
 def num_threads():
     env = os.environ.get('QCAFFE_NUM_THREADS')
     if env:
@@ -30,7 +36,16 @@ def num_threads():
             return max(1, int(env))
         except ValueError:
             pass
-    return 1
+    now = time.monotonic()
+    if now - _idle['checked'] > 2.0:
+        cores = max(1, min(4, os.cpu_count() or 1))
+        try:
+            busy = os.getloadavg()[0] >= cores + 1
+        except (AttributeError, OSError):   # no load average (Windows)
+            busy = False
+        _idle['threads'] = 1 if busy else cores
+        _idle['checked'] = now
+    return _idle['threads']
 
 
 def _executor(n):
