@@ -181,8 +181,12 @@ def test_data_layer_matches_idx_files_with_wraparound(mode, mnist, mnist_db):
 
 def test_train_and_test_layers_share_a_source_with_own_cursors(mode, mnist, mnist_db):
     images, _ = mnist
-    _, a = run_layer(data_layer(mnist_db, batch_size=30), 2)
-    _, b = run_layer(data_layer(mnist_db, batch_size=30, phase='TEST'), 1)
+    la, lb = data_layer(mnist_db, batch_size=30), data_layer(mnist_db, batch_size=30,
+                                                             phase='TEST')
+    _, a = run_layer(la, 2)
+    _, b = run_layer(lb, 1)
+    if mode == 'in_memory':  # one decoded copy for both
+        assert la.memory is lb.memory and not la.memory.data.flags.writeable
     np.testing.assert_array_equal(a[0][0], b[0][0])
     np.testing.assert_array_equal(a[1][0], images[30:60].astype(np.float32))
 

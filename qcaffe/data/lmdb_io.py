@@ -16,6 +16,7 @@ iteration does not parse 64 protobuf messages one by one.
 """
 import os
 import threading
+import weakref
 
 import numpy as np
 
@@ -426,3 +427,39 @@ def decode_datums(values, force_color=False, force_gray=False, layer=None, ragge
                               'equal shapes within a batch (use batch_size 1 or resize the '
                               'images when converting)' % (_where(layer), sorted(shapes)))
     return np.stack(arrays), labels
+
+
+class DecodedDB(object):
+    """A whole database of plain uint8 Datums decoded into memory (read-only, shared).
+
+    ``data``: uint8 (N, C, H, W); ``labels``: float32 (N,), in key order.
+    """
+    __slots__ = ('data', 'labels', '__weakref__')
+
+    def __init__(self, data, labels):
+        self.data = np.ascontiguousarray(data)
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.data.flags.writeable = False  # shared by every layer reading the same source
+        self.labels.flags.writeable = False
+
+
+# Nets on one database (a train net and its test net, pycaffe scripts rebuilding nets) share
+# one decoded copy while any of them lives; a rewritten database (new mtime/size) is reloaded.
+_decoded = weakref.WeakValueDictionary()
+_decoded_lock = threading.Lock()
+
+
+def load_in_memory(reader):
+    """The database of ``reader`` as a shared :class:`DecodedDB`, or None when its records
+    are not all plain uint8 Datums of one layout (then it must be streamed)."""
+    path = reader.path
+    st = os.stat(os.path.join(path, 'data.mdb') if os.path.isdir(path) else path)
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    with _decoded_lock:
+        hit = _decoded.get(key)
+        if hit is None:
+            fast = decode_uniform(reader.all_values())
+            if fast is None:
+                return None
+            hit = _decoded[key] = DecodedDB(*fast)
+        return hit

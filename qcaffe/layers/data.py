@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .. import backend
-from ..data.lmdb_io import DataSourceError, LMDBReader, decode_datums, decode_uniform
+from ..data.lmdb_io import DataSourceError, LMDBReader, decode_datums, load_in_memory
 from ..data.prefetch import Prefetcher
 from ..data.transformer import DataTransformer
 from ..fillers import fill_array
@@ -554,11 +554,10 @@ class DataLayer(BasePrefetchingDataLayer):
         raw, _ = decode_datums([first], self.force_color, self.force_gray, self.name)
         self.pos = self.reader.index
         if self.reader.entries * len(first) <= IN_MEMORY_LIMIT:
-            fast = decode_uniform(self.reader.all_values())
-            if fast is not None:
-                self.memory = (np.ascontiguousarray(fast[0]), fast[1].astype(np.float32))
+            self.memory = load_in_memory(self.reader)
+            if self.memory is not None:
                 log.info('Layer %s: %d records of %s held in memory (%.1f MB)', self.name,
-                         len(fast[1]), p.source, self.memory[0].nbytes / 1e6)
+                         len(self.memory.labels), p.source, self.memory.data.nbytes / 1e6)
                 self.reader.close()
                 self.reader = None
         return raw.shape[1:]
@@ -568,13 +567,13 @@ class DataLayer(BasePrefetchingDataLayer):
 
     def restore_source_state(self, state):
         if self.memory is not None:
-            self.pos = int(state['position']) % len(self.memory[1])
+            self.pos = int(state['position']) % len(self.memory.labels)
         else:
             self.reader.seek(int(state['position']))
 
     def load_batch(self, batch, rng):
         if self.memory is not None:
-            data, labels = self.memory
+            data, labels = self.memory.data, self.memory.labels
             n, b, pos = len(labels), self.batch_size, self.pos
             if pos + b <= n:
                 raw, lab = data[pos:pos + b], labels[pos:pos + b]  # views, no copy
