@@ -192,7 +192,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         self.layout = 'nhwc' if (self.group == 1 and not self.is_1x1 and self.nsp >= 1
                                  and self.channels >= 8) else 'nchw'
         per_image = 0 if self.is_1x1 else 4 * self.channels * geom.kernel_count * geom.out_count
-        step = self.num
+        step = max(self.num, 1)
         if per_image * self.num > COL_BUDGET_BYTES:
             step = max(1, COL_BUDGET_BYTES // per_image)
         self._chunks = [(s, min(s + step, self.num)) for s in range(0, max(self.num, 1), step)]
@@ -226,6 +226,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         return w.transpose(order).reshape(self.num_output, -1)
 
     def forward_impl(self, bottom, top):
+        if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
+            return
         w = self.weight(0)
         if self.layout == 'nhwc':
             w = self._weights_channels_last(w)
@@ -242,6 +244,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self._add_bias(y)
 
     def backward_impl(self, top, propagate_down, bottom):
+        if self.num == 0:
+            return
         need_w = param_needs_grad(self, 0)
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = _nchw(t.dev_diff, self.num, self.num_output)
@@ -318,6 +322,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
     reverse = True
 
     def forward_impl(self, bottom, top):
+        if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
+            return
         g, geom = self.group, self._geom
         cin_g = self.channels // g
         w = self.weight(0).reshape(g, cin_g, -1)          # (G, Cin/G, Og*K)
@@ -332,6 +338,8 @@ class DeconvolutionLayer(BaseConvolutionLayer):
             self._add_bias(y.reshape(self.num, self.num_output, -1))
 
     def backward_impl(self, top, propagate_down, bottom):
+        if self.num == 0:
+            return
         g, geom = self.group, self._geom
         cin_g = self.channels // g
         need_w = param_needs_grad(self, 0)
@@ -384,11 +392,15 @@ class Im2colLayer(Layer):
         top[0].reshape(shape[:ca] + (self.channels * geom.kernel_count,) + geom.out_shape)
 
     def forward_impl(self, bottom, top):
+        if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
+            return
         geom = self._geom
         x = bottom[0].dev_data.reshape((self.num, self.channels) + geom.in_shape)
         im2col(x, geom, out=top[0].mutable_dev_data)
 
     def backward_impl(self, top, propagate_down, bottom):
+        if self.num == 0:
+            return
         if not propagate_down[0]:
             return
         geom = self._geom
