@@ -33,6 +33,28 @@ TINY_LAYERS = ('Input', 'Convolution', 'ReLU', 'Pooling', 'InnerProduct', 'Softm
 BN_LAYERS = TINY_LAYERS + ('BatchNorm', 'Scale')
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def qlog():
+    """The qcaffe logger's records (setup_logging elsewhere may stop propagation, so
+    pytest's caplog cannot be relied on)."""
+    logger = logging.getLogger('qcaffe')
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 def require_layers(*types):
     missing = sorted(set(types) - set(layer_type_list()))
     if missing:
@@ -320,12 +342,11 @@ def test_diverging_learning_rate_is_caught(tmp_path):
 
 
 # ---------------------------------------------------------------- loop semantics
-def test_display_and_test_lines_parse_like_caffe(tmp_path, caplog):
+def test_display_and_test_lines_parse_like_caffe(tmp_path, qlog):
     s = ip_solver(tmp_path, 'display: 2 test_iter: 2 test_interval: 2 test_compute_loss: true '
                   'max_iter: 4 snapshot_after_train: false average_loss: 2')
-    with caplog.at_level(logging.INFO, logger='qcaffe'):
-        s.solve()
-    msgs = [r.getMessage() for r in caplog.records]
+    s.solve()
+    msgs = [r.getMessage() for r in qlog.records]
     start = msgs.index('Solving ipnet')
     assert msgs[start + 1] == 'Learning Rate Policy: inv'
     body = msgs[start:]
@@ -567,12 +588,11 @@ def test_blobs_outside_learnable_blob_indices_never_move(tmp_path, monkeypatch):
     assert np.any(layer.blobs[0].data != weights)
 
 
-def test_test_initialization_false_skips_the_iteration_0_test(tmp_path, caplog):
+def test_test_initialization_false_skips_the_iteration_0_test(tmp_path, qlog):
     s = ip_solver(tmp_path, 'test_iter: 1 test_interval: 2 test_initialization: false '
                   'max_iter: 2 snapshot_after_train: false')
-    with caplog.at_level(logging.INFO, logger='qcaffe'):
-        s.solve()
-    tests = [r.getMessage() for r in caplog.records if 'Testing net' in r.getMessage()]
+    s.solve()
+    tests = [r.getMessage() for r in qlog.records if 'Testing net' in r.getMessage()]
     assert tests == ['Iteration 2, Testing net (#0)']
 
 
@@ -610,11 +630,10 @@ def test_snapshot_files_match_caffes_own(net_kind, tmp_path):
         assert_close(np.array(x.data), np.array(y.data), 'history')
 
 
-def test_debug_info_logs_caffes_per_layer_lines_on_display_iterations(tmp_path, caplog):
+def test_debug_info_logs_caffes_per_layer_lines_on_display_iterations(tmp_path, qlog):
     s = ip_solver(tmp_path, 'debug_info: true display: 2')
-    with caplog.at_level(logging.INFO, logger='qcaffe'):
-        s.step(2)
-    msgs = [r.getMessage() for r in caplog.records if '[Forward]' in r.getMessage()
+    s.step(2)
+    msgs = [r.getMessage() for r in qlog.records if '[Forward]' in r.getMessage()
             or '[Backward]' in r.getMessage()]
     assert any(m.startswith('    [Forward] Layer ip1, top blob ip1 data: ') for m in msgs)
     assert any(re.match(r'    \[Forward\] Layer ip1, param blob 0 data: [\d.e-]+$', m)
