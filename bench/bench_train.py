@@ -5,8 +5,8 @@ Usage:  python bench/bench_train.py [--iters 200] [--warmup 20] [--full] [--no-t
 
 * ms/iteration at batch 64: the solver of examples/mnist/lenet_solver.prototxt (LMDB Data
   layer with prefetch, SGD momentum 0.9, weight decay 5e-4, ``inv`` policy) stepping
-  ``--iters`` iterations after ``--warmup``, testing and display switched off; PyTorch runs
-  the identical LeNet (conv 20x5x5, max pool 2, conv 50x5x5, max pool 2, ip 500, ReLU, ip 10,
+  ``--iters`` iterations after ``--warmup``, testing and display switched off, timed in
+  chunks alternating with PyTorch (median chunk); PyTorch runs the identical LeNet (conv 20x5x5, max pool 2, conv 50x5x5, max pool 2, ip 500, ReLU, ip 10,
   softmax loss, Xavier init, bias lr x2) on the same images in the same order.
 * ``--full``: the whole 10,000-iteration run as ``qcaffe train`` does it (test on the 10,000
   test images every 500 iterations, snapshots at 5000 and 10000 into a temporary folder),
@@ -83,13 +83,26 @@ def qcaffe_solver(param_changes):
     return create_solver(param, source=SOLVER)
 
 
-def qcaffe_ms_per_iter(warmup, iters):
+def qcaffe_timing_solver(warmup, iters):
     s = qcaffe_solver({'test_interval': 0, 'test_iter': [], 'display': 0, 'snapshot': 0,
                        'snapshot_after_train': False, 'max_iter': warmup + iters})
     s.step(warmup)
-    t = time.perf_counter()
-    s.step(iters)
-    return (time.perf_counter() - t) / iters * 1000.0
+    return s
+
+
+def alternate(steppers, iters, chunk):
+    """ms/iteration of each ``step(n)`` callable, timed in alternating chunks.
+
+    On a shared machine the load changes over seconds; alternating short chunks exposes both
+    sides to the same load, and the median chunk discards load spikes.
+    """
+    times = [[] for _ in steppers]
+    for _ in range(max(1, iters // chunk)):
+        for k, step in enumerate(steppers):
+            t = time.perf_counter()
+            step(chunk)
+            times[k].append((time.perf_counter() - t) / chunk * 1000.0)
+    return [float(np.median(t)) for t in times]
 
 
 def qcaffe_full(prefix):
@@ -212,6 +225,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--iters', type=int, default=200, help='timed iterations')
     ap.add_argument('--warmup', type=int, default=20)
+    ap.add_argument('--chunk', type=int, default=20, help='iterations per alternating chunk')
     ap.add_argument('--full', action='store_true', help='also the full 10,000-iteration runs')
     ap.add_argument('--no-torch', action='store_true')
     ap.add_argument('--no-append', action='store_true', help='do not write bench/RESULTS.md')
@@ -230,14 +244,13 @@ def main():
         except ImportError:
             print('PyTorch not installed (pip install torch==2.13.0): qcaffe only')
     rows = []
-    q_ms = qcaffe_ms_per_iter(args.warmup, args.iters)
-    rows.append(('ms/iteration, batch 64 (%d iters)' % args.iters, q_ms))
+    steppers = [qcaffe_timing_solver(args.warmup, args.iters).step]
     if torch is not None:
         run = TorchRun(torch, load_arrays(folder, 'train'), load_arrays(folder, 'test'))
         run.step(args.warmup)
-        t = time.perf_counter()
-        run.step(args.iters)
-        rows[-1] += ((time.perf_counter() - t) / args.iters * 1000.0,)
+        steppers.append(run.step)
+    rows.append(('ms/iteration, batch 64 (median of %d-iteration chunks, alternating)'
+                 % args.chunk,) + tuple(alternate(steppers, args.iters, args.chunk)))
     if args.full:
         with tempfile.TemporaryDirectory() as tmp:
             q_s, q_acc = qcaffe_full(os.path.join(tmp, 'lenet'))
