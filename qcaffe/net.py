@@ -573,8 +573,13 @@ class Net(object):
     def save_hdf5(self, path, write_diff=False):
         """Caffe: ``Net::ToHDF5``."""
         from .io.hdf5 import write_hdf5_weights
-        write_hdf5_weights(path, [(n, [b.cpu_data() for b in l.blobs])
-                                  for n, l in zip(self.layer_names, self.layers)])
+        # Caffe writes the data of owner params only, diffs regardless of sharing.
+        shared = {self.param_layer_indices[i] for i, o in enumerate(self.param_owners) if o >= 0}
+        data = [(n, [None if (li, j) in shared else b.cpu_data() for j, b in enumerate(l.blobs)])
+                for li, (n, l) in enumerate(zip(self.layer_names, self.layers))]
+        diffs = ([(n, [b.cpu_diff() for b in l.blobs])
+                  for n, l in zip(self.layer_names, self.layers)] if write_diff else None)
+        write_hdf5_weights(path, data, diffs)
 
     # ------------------------------------------------------------ accessors
     @property

@@ -691,3 +691,35 @@ def test_train_net_and_test_net_files(tmp_path):
     del p.test_iter[1:]
     with pytest.raises(SolverError, match='test_iter.*2 test nets, 1 test_iter'):
         create_solver(p)
+
+
+def test_hdf5_snapshot_writes_diffs_when_asked(tmp_path):
+    h5py = pytest.importorskip('h5py')
+    s = ip_solver(tmp_path, 'snapshot_format: HDF5 snapshot_diff: true')
+    s.step(1)
+    state = s.snapshot()
+    assert state == str(tmp_path / 'ip_iter_1.solverstate.h5')
+    with h5py.File(s.last_snapshot[0], 'r') as f:
+        np.testing.assert_array_equal(f['data/ip1/0'][()], s.net.learnable_params[0].data)
+        np.testing.assert_array_equal(f['diff/ip1/0'][()], s.net.learnable_params[0].diff)
+        assert list(f['data/loss'].keys()) == []
+
+
+def test_hdf5_weights_skip_shared_params_like_caffe(tmp_path):
+    h5py = pytest.importorskip('h5py')
+    require_layers('Input', 'InnerProduct')
+    net = caffe_pb2.NetParameter()
+    text_format.Merge('''name: "shared"
+      layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+      layer { name: "a" type: "InnerProduct" bottom: "data" top: "a" param { name: "w" }
+              inner_product_param { num_output: 3 bias_term: false } }
+      layer { name: "b" type: "InnerProduct" bottom: "a" top: "b" param { name: "w" }
+              inner_product_param { num_output: 3 bias_term: false } }''', net)
+    n = Net.from_param(net)
+    n.save_hdf5(str(tmp_path / 'w.caffemodel.h5'))
+    with h5py.File(tmp_path / 'w.caffemodel.h5', 'r') as f:
+        assert list(f['data/a'].keys()) == ['0'] and list(f['data/b'].keys()) == []
+        assert 'diff' not in f
+    back = Net.from_param(net)
+    back.copy_from(str(tmp_path / 'w.caffemodel.h5'))
+    np.testing.assert_array_equal(back.layers[2].blobs[0].data, n.layers[1].blobs[0].data)
