@@ -20,6 +20,11 @@ from .nesterov import NesterovSolver
 from .rmsprop import RMSPropSolver
 from .sgd import SGDSolver
 
+__all__ = ['Solver', 'SolverError', 'TrainingDivergedError', 'SignalHandler', 'SGDSolver',
+           'NesterovSolver', 'AdaGradSolver', 'RMSPropSolver', 'AdaDeltaSolver', 'AdamSolver',
+           'LarsSGDSolver', 'SOLVERS', 'register_solver', 'solver_class', 'create_solver',
+           'get_solver']
+
 SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
                                      AdaDeltaSolver, AdamSolver, LarsSGDSolver)}
 _ENUM = caffe_pb2.SolverParameter
