@@ -602,3 +602,14 @@ def test_encoded_images_of_different_sizes_batch_only_when_cropped(tmp_path):
     layer.setup([], top)
     with pytest.raises(PrefetchError, match=r"'enc'.*differ in size.*crop_size"):
         layer.forward([], top)
+
+
+def test_data_layer_without_label_top_and_prefetch_count(mnist, mnist_db):
+    images, _ = mnist
+    layer = make_layer('Data', data_param=dict(source=mnist_db, batch_size=5, backend='LMDB',
+                                               prefetch=2))
+    top = [Blob()]
+    layer.setup([], top)
+    layer.forward([], top)
+    assert layer.prefetcher._free.qsize() + layer.prefetcher._full.qsize() <= 2
+    np.testing.assert_array_equal(top[0].data, images[:5].astype(np.float32))
