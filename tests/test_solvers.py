@@ -723,3 +723,45 @@ def test_hdf5_weights_skip_shared_params_like_caffe(tmp_path):
     back = Net.from_param(net)
     back.copy_from(str(tmp_path / 'w.caffemodel.h5'))
     np.testing.assert_array_equal(back.layers[2].blobs[0].data, n.layers[1].blobs[0].data)
+
+
+def test_resume_with_an_lmdb_data_layer_sees_the_same_batches(tmp_path):
+    """Data layers report their read position through Layer.extra_state, which snapshots
+    carry, so a resumed run reads exactly the batches an uninterrupted one reads (beyond
+    Caffe, which restarts the database at the first record)."""
+    require_layers('Data', 'InnerProduct', 'SoftmaxWithLoss')
+    pytest.importorskip('lmdb')
+    from qcaffe.data.lmdb_io import encode_datums, key_for, write_lmdb
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(13, 1, 6, 6)).astype(np.uint8)   # 13: batches wrap
+    records = encode_datums(images, rng.randint(0, 10, size=13))
+    write_lmdb(str(tmp_path / 'db'), [(key_for(i), records[i]) for i in range(13)])
+    net = '''name: "lmdbnet"
+      layer { name: "data" type: "Data" top: "data" top: "label"
+              transform_param { scale: 0.00390625 mirror: true }
+              data_param { source: "%s" batch_size: 5 backend: LMDB } }
+      layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+              inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+      layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+    ''' % (tmp_path / 'db')
+
+    def solver(prefix):
+        p = caffe_pb2.SolverParameter()
+        text_format.Merge('base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" random_seed: 3 '
+                          'snapshot_prefix: "%s"' % (tmp_path / prefix), p)
+        text_format.Merge(net, p.net_param)
+        return create_solver(p)
+    full = solver('full')
+    full.step(7)
+    first = solver('part')
+    first.step(3)
+    state = first.snapshot()
+    assert os.path.exists(state + '.layers.npz')
+    resumed = solver('part')
+    resumed.step(2)             # consume other batches first: the restore must reposition
+    resumed.restore(state)
+    resumed.step(4)
+    for key, value in params_of(full.net).items():
+        np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
+    for s in (full, first, resumed):
+        s.net.layers[0].stop_prefetch()
