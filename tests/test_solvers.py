@@ -765,3 +765,35 @@ def test_resume_with_an_lmdb_data_layer_sees_the_same_batches(tmp_path):
         np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
     for s in (full, first, resumed):
         s.net.layers[0].stop_prefetch()
+
+
+def test_resume_with_dropout_is_bitwise_equal(tmp_path):
+    """Dropout draws from the seeded host RNG; its state travels in the side file."""
+    require_layers('Input', 'InnerProduct', 'SoftmaxWithLoss', 'Dropout')
+    text = IP_NET.replace(
+        'layer { name: "loss"',
+        'layer { name: "drop" type: "Dropout" bottom: "ip1" top: "ip1" '
+        'dropout_param { dropout_ratio: 0.5 } }\nlayer { name: "loss"')
+    assert 'Dropout' in text
+
+    def solver(sub):
+        os.makedirs(tmp_path / sub, exist_ok=True)
+        p = caffe_pb2.SolverParameter()
+        text_format.Merge('base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" random_seed: 5 '
+                          'snapshot_prefix: "%s"' % (tmp_path / sub / 'd'), p)
+        text_format.Merge(text, p.net_param)
+        s = create_solver(p)
+        feed(s.net, np.load(os.path.join(ref_dir(), 'batch.npz')))
+        return s
+    full = solver('a')
+    full.step(6)
+    first = solver('b')
+    first.step(3)
+    state = first.snapshot()
+    assert os.path.exists(state + '.layers.npz')
+    resumed = solver('b')
+    resumed.step(1)             # draws other masks first: the restore must rewind the RNG
+    resumed.restore(state)
+    resumed.step(3)
+    for key, value in params_of(full.net).items():
+        np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))

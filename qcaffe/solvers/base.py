@@ -152,6 +152,7 @@ class Solver(object):
             for net in self.test_nets:
                 DebugInfo(net).active = True
         self._pre_solve()
+        self._rng_at_start = self._rng_position()
 
     def check_param(self):
         """Update-rule specific checks (Caffe: the solver constructors' CHECKs)."""
@@ -608,10 +609,18 @@ class Solver(object):
         self.last_snapshot = (model, state_file)
         return state_file
 
-    # Layer state that is not a blob (Layer.extra_state: DNS mu/sigma, INQ flags...) has no
-    # place in Caffe's SolverState, so it goes beside it as <state>.layers.npz, keys
-    # "<layer name>/<key>"; written only when some layer has such state.
+    # Layer state that is not a blob (Layer.extra_state: data read positions, DNS mu/sigma,
+    # INQ flags...) has no place in Caffe's SolverState, so it goes beside it as
+    # <state>.layers.npz with keys "<layer name>/<key>", plus "@rng/..." (the host RNG, e.g.
+    # Dropout's) when training drew random numbers.  Written only when there is such state;
+    # Caffe ignores the file, and a state without it restores as Caffe restores.
     LAYER_STATE_SUFFIX = '.layers.npz'
+    _RNG = '@rng/'
+
+    @staticmethod
+    def _rng_position():
+        _, keys, pos, has_gauss, gauss = backend.rng().get_state()
+        return keys.tobytes(), pos, has_gauss, gauss
 
     def _write_layer_state(self, state_file):
         arrays = {}
@@ -619,6 +628,11 @@ class Solver(object):
             for key, value in (layer.extra_state() or {}).items():
                 arrays['%s/%s' % (name, key)] = (backend.to_host(value) if hasattr(value, 'get')
                                                  else np.asarray(value))
+        if self._rng_position() != self._rng_at_start:
+            _, keys, pos, has_gauss, gauss = backend.rng().get_state()
+            arrays[self._RNG + 'keys'] = keys
+            arrays[self._RNG + 'pos'] = np.array([pos, has_gauss])
+            arrays[self._RNG + 'gauss'] = np.array(gauss)
         if not arrays:
             return
         import io
@@ -633,9 +647,14 @@ class Solver(object):
             return
         per_layer = {}
         with np.load(path) as f:
+            if self._RNG + 'keys' in f.files:
+                pos, has_gauss = (int(x) for x in f[self._RNG + 'pos'])
+                backend.rng().set_state(('MT19937', f[self._RNG + 'keys'], pos, has_gauss,
+                                         float(f[self._RNG + 'gauss'])))
             for k in f.files:
-                name, key = k.split('/', 1)
-                per_layer.setdefault(name, {})[key] = f[k]
+                if not k.startswith(self._RNG):
+                    name, key = k.split('/', 1)
+                    per_layer.setdefault(name, {})[key] = f[k]
         for name, state in per_layer.items():
             if name in self.net.layer_names:
                 self.net.layers[self.net.layer_names.index(name)].load_extra_state(state)
