@@ -455,6 +455,8 @@ def test_spp(method):
     check_gradient(layer, bottom, top, setup=False, step=1e-3, max_checks=40)
     _, top = run(make_layer('SPP', spp_param=dict(pyramid_height=1)), x)
     assert top[0].shape == (2, 3, 1, 1)
+    with pytest.raises(LayerError, match="'spp'.*level 2"):
+        run(make_layer('SPP', name='spp', spp_param=dict(pyramid_height=3)), x[:, :, :, :5])
 
 
 # ------------------------------------------------------------------------------------- LRN

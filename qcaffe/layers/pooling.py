@@ -466,7 +466,12 @@ class SPPLayer(Layer):
             for level in range(self.height):
                 layer = PoolingLayer(self._level_param(level, h, w))
                 out = Blob()
-                layer.setup([bottom[0]], [out])
+                try:
+                    layer.setup([bottom[0]], [out])
+                except LayerError as e:
+                    raise _err(self, 'spp_param.pyramid_height %d does not fit a %dx%d input: '
+                               'level %d (%d bins) fails as in Caffe: %s', self.height, h, w,
+                               level, 2 ** level, e)
                 self.pools.append((layer, out))
         for layer, out in self.pools:
             layer.reshape([bottom[0]], [out])
