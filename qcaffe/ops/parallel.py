@@ -22,6 +22,7 @@ import numpy as np
 MIN_ELEMENTS = 1 << 16   # per call: smaller jobs are not worth a thread hand-off
 
 _pool = None
+_pool_size = 0
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -49,10 +50,11 @@ def num_threads():
 
 
 def _executor(n):
-    global _pool
+    global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool._max_workers < n:
+        if _pool is None or _pool_size < n:
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix='qcaffe-batch')
+            _pool_size = n
         return _pool
 
 
