@@ -23,6 +23,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..fillers import fill
+from ..ops import parallel
 from ..ops.im2col import ConvGeometry, col2im, im2col
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
@@ -210,7 +211,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         if self.layout == 'nhwc':
             order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
             xt = geom.buffer('x_nhwc', (n,) + geom.in_shape + (c,), xp)
-            xp.copyto(xt, x.transpose(order))
+            parallel.copyto(xt, x.transpose(order), xp)
             buf = geom.buffer(('col', i), (n,) + geom.out_shape + geom.kernel + (c,), xp)
             col = im2col(xt, geom, out=buf, channels_last=True)
             return col.reshape(n * geom.out_count, -1)
@@ -290,13 +291,13 @@ class ConvolutionLayer(BaseConvolutionLayer):
         n, p = y.shape[0], self._geom.out_count
         ym = self._geom.buffer('y_nhwc', (n * p, self.num_output), xp)
         xp.matmul(colm, wt.T, out=ym)
-        xp.copyto(y, ym.reshape(n, p, self.num_output).transpose(0, 2, 1))
+        parallel.copyto(y, ym.reshape(n, p, self.num_output).transpose(0, 2, 1), xp)
 
     def _backward_nhwc(self, dy, colm, dx, need_w):
         xp = get_array_module(dy)
         geom, n, nsp = self._geom, dy.shape[0], self.nsp
         dym = geom.buffer('dy_nhwc', (n, geom.out_count, self.num_output), xp)
-        xp.copyto(dym, dy.transpose(0, 2, 1))
+        parallel.copyto(dym, dy.transpose(0, 2, 1), xp)
         dym = dym.reshape(-1, self.num_output)
         if need_w:
             dwt = xp.matmul(dym.T, colm).reshape(
@@ -311,7 +312,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
             dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (self.channels,), xp)
             col2im(dcol.reshape(geom.kernel + (n,) + geom.out_shape + (self.channels,)), geom,
                    out=dxt, taps_first=True)
-            xp.copyto(dx, dxt.transpose((0, nsp + 1) + tuple(range(1, nsp + 1))))
+            parallel.copyto(dx, dxt.transpose((0, nsp + 1) + tuple(range(1, nsp + 1))), xp)
 
 
 @register_layer('Deconvolution')

@@ -80,3 +80,10 @@ def batch_split(n, work, elements, xp=np):
     finally:
         for f in futures:
             f.result()
+
+
+def copyto(dst, src, xp=np):
+    """``xp.copyto(dst, src)`` split over the first axis (both arrays share it)."""
+    def work(s, e):
+        xp.copyto(dst[s:e], src[s:e])
+    batch_split(dst.shape[0], work, dst.size, xp)
