@@ -374,3 +374,19 @@ def test_train_stage_and_level(workdir, capsys):
         assert cli(['train', '--solver', 'solver.prototxt', '--iterations', '1'] + extra) == 0
         err = capsys.readouterr().err
         assert ('Train net output #1: train_acc = ' in err) == present, extra
+
+
+@pytest.mark.filterwarnings('error::RuntimeWarning')
+def test_train_nan_loss_stops_with_message(workdir, capsys):
+    """A diverging run stops at the first non-finite loss: exit status 1, the iteration and
+    the layer named, the last good snapshot kept (issue 3, item 7)."""
+    name = _solver_with(workdir, 'base_lr: 0.05', 'base_lr: 1e6', name='nan.prototxt')
+    text = (workdir / name).read_text().replace('max_iter: 10', 'max_iter: 200').replace(
+        'snapshot: 50', 'snapshot: 1')
+    (workdir / name).write_text(text)
+    assert cli(['train', '--solver', name]) == 1
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'RuntimeWarning' not in err
+    line = [l for l in err.splitlines() if ': error: ' in l][0]
+    assert re.search(r'Iteration \d+: the training loss is', line), line
+    assert 'last snapshot' in line and 'snap/quad_iter_' in line

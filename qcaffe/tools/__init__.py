@@ -18,6 +18,8 @@ import logging
 import os
 import sys
 
+import numpy as np
+
 from ..io.errors import QcaffeError
 
 log = logging.getLogger('qcaffe')
@@ -127,7 +129,10 @@ def run_main(build_parser, run, argv, prog):
         parser = build_parser(prog)
         args = parser.parse_flags(argv)
         setup_logging()
-        status = run(args)
+        # Float overflow / NaN are reported the Caffe way (the solver stops on a non-finite
+        # loss and names the layer), not as numpy RuntimeWarnings in the middle of the log.
+        with np.errstate(over='ignore', invalid='ignore', divide='ignore'):
+            status = run(args)
     except (QcaffeError, BackendError) as e:
         sys.stderr.flush()
         print('%s: error: %s' % (prog, e), file=sys.stderr)
