@@ -607,3 +607,25 @@ def test_batch_split_threads_give_identical_results(monkeypatch):
         results.append(out)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('channels', [3, 9])
+@pytest.mark.parametrize('frozen', [0, 1])
+def test_convolution_frozen_param_gets_no_gradient(channels, frozen):
+    x = RS.randn(2, channels, 5, 5).astype(np.float32)
+    layer = conv_layer(3, kernel_size=[3], pad=[1])
+    bottom, top = run(layer, x)
+    layer.set_param_propagate_down(0, True)
+    layer.set_param_propagate_down(1, True)
+    layer.set_param_propagate_down(frozen, False)
+    dy = RS.randn(*top[0].shape).astype(np.float32)
+    top[0].diff[...] = dy
+    for prop in (False, True):
+        for blob in layer.blobs:
+            blob.diff[...] = 0
+        layer.backward(top, [prop], bottom)
+        assert not layer.blobs[frozen].diff.any()
+        if frozen == 0:
+            np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-5)
+        else:
+            assert layer.blobs[0].diff.any()

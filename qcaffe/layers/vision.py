@@ -24,7 +24,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..fillers import fill
 from ..ops import parallel
-from ..ops.im2col import ConvGeometry, col2im, im2col
+from ..ops.im2col import ConvGeometry, col2im, im2col, split_axes
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
 
@@ -184,7 +184,12 @@ COL_BUDGET_BYTES = 256 << 20
 class ConvolutionLayer(BaseConvolutionLayer):
     """Caffe: ConvolutionLayer.  ``top = W * bottom + b`` with groups, dilation, N-D spatial axes
     (``axis`` picks the channel axis; every axis after it is spatial).  ``force_nd_im2col`` is
-    accepted and changes nothing (one N-D code path serves every dimensionality)."""
+    accepted and changes nothing (one N-D code path serves every dimensionality).
+
+    Without groups the bias rides in the GEMM: the column buffer carries one extra row (or
+    column) of ones and the weight matrix the bias as an extra column, so neither the forward
+    bias add nor the backward bias reduction is a separate pass over the output.
+    """
 
     def reshape(self, bottom, top):
         BaseConvolutionLayer.reshape(self, bottom, top)
@@ -192,6 +197,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         # channels-last pays off when the unrolled rows (kw*C floats) are long; see module doc
         self.layout = 'nhwc' if (self.group == 1 and not self.is_1x1 and self.nsp >= 1
                                  and self.channels >= 8) else 'nchw'
+        self.fold_bias = self.bias_term and self.group == 1 and not self.is_1x1
         per_image = 0 if self.is_1x1 else 4 * self.channels * geom.kernel_count * geom.out_count
         step = max(self.num, 1)
         if per_image * self.num > COL_BUDGET_BYTES:
@@ -205,33 +211,49 @@ class ConvolutionLayer(BaseConvolutionLayer):
 
     def _columns(self, x, i):
         """GEMM operand for the batch slice ``x`` (n, C, *in): channels-first
-        (n, G, C/G*K, P) or channels-last (n*P, K*C)."""
+        (n, G, C/G*K [+1], P) or channels-last (n*P, K*C [+1]); the +1 is the ones of the
+        folded bias."""
         xp = get_array_module(x)
         geom, n, c = self._geom, x.shape[0], self.channels
+        ck, p, extra = c * geom.kernel_count, geom.out_count, int(self.fold_bias)
         if self.layout == 'nhwc':
             order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
             xt = geom.buffer('x_nhwc', (n,) + geom.in_shape + (c,), xp)
             parallel.copyto(xt, x.transpose(order), xp)
-            buf = geom.buffer(('col', i), (n,) + geom.out_shape + geom.kernel + (c,), xp)
-            col = im2col(xt, geom, out=buf, channels_last=True)
-            return col.reshape(n * geom.out_count, -1)
-        shape = (n, self.group, c // self.group * geom.kernel_count, geom.out_count)
+            buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
+            im2col(xt, geom, channels_last=True, out=split_axes(
+                buf[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)]))
+            if extra:
+                buf[:, ck] = 1.0
+            return buf
+        shape = (n, self.group, c // self.group * geom.kernel_count, p)
         if self.is_1x1:
             return x.reshape(shape)
-        buf = geom.buffer(('col', i), (n, c) + geom.kernel + geom.out_shape, xp)
-        return im2col(x, geom, out=buf).reshape(shape)
+        buf = geom.buffer(('col', i), (n, ck + extra, p), xp)
+        im2col(x, geom, out=split_axes(buf[:, :ck], [n, (c,) + geom.kernel, geom.out_shape]))
+        if not extra:
+            return buf.reshape(shape)
+        buf[:, ck] = 1.0
+        return buf.reshape(n, 1, ck + 1, p)    # folded bias: group is 1
 
-    def _weights_channels_last(self, w):
-        # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the channels-last columns
-        order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
-        return w.transpose(order).reshape(self.num_output, -1)
+    def _gemm_weights(self):
+        """(G, O/G, C/G*K) channels-first or (O, K*C) channels-last, + the bias column."""
+        w = self.weight(0)
+        if self.layout == 'nhwc':
+            # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the columns
+            order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+            w = w.transpose(order).reshape(self.num_output, -1)
+        else:
+            w = w.reshape(self.num_output, -1)
+        if self.fold_bias:
+            xp = get_array_module(w)
+            w = xp.concatenate([w, self.weight(1).reshape(self.num_output, 1)], axis=1)
+        return w
 
     def forward_impl(self, bottom, top):
         if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
             return
-        w = self.weight(0)
-        if self.layout == 'nhwc':
-            w = self._weights_channels_last(w)
+        w = self._gemm_weights()
         for i, (b, t) in enumerate(zip(bottom, top)):
             x = self._batch(b.dev_data)
             y = _nchw(t.mutable_dev_data, self.num, self.num_output)
@@ -242,15 +264,20 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 else:
                     self._gemm_nchw(col, w, y[s:e])
             self._cols[i] = col if self._keep_cols else None
-            self._add_bias(y)
+            if not self.fold_bias:
+                self._add_bias(y)
 
     def backward_impl(self, top, propagate_down, bottom):
         if self.num == 0:
             return
         need_w = param_needs_grad(self, 0)
+        need_b = self.bias_term and param_needs_grad(self, 1)
         for i, (t, b) in enumerate(zip(top, bottom)):
             dy = _nchw(t.dev_diff, self.num, self.num_output)
-            self._bias_grad(dy)
+            if not self.fold_bias:
+                self._bias_grad(dy)
+            elif not (need_w or propagate_down[i]) and need_b:
+                self._bias_grad(dy)
             if not (need_w or propagate_down[i]):
                 continue
             dx = self._batch(b.mutable_dev_diff) if propagate_down[i] else None
@@ -259,7 +286,23 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if col is None:   # columns not kept (chunked batch): rebuild them, as Caffe does
                     col = self._columns(self._batch(b.dev_data)[s:e], i)
                 back = self._backward_nhwc if self.layout == 'nhwc' else self._backward_nchw
-                back(dy[s:e], col, None if dx is None else dx[s:e], need_w)
+                back(dy[s:e], col, None if dx is None else dx[s:e], need_w,
+                     need_b and self.fold_bias)
+
+    def _accumulate_param_grads(self, g, need_w, need_b):
+        """g: (O, K*C [+1]) gradient of the GEMM weight matrix (bias last when folded)."""
+        kc = g.shape[1] - int(self.fold_bias)
+        if need_w:
+            dw = self.blobs[0].mutable_dev_diff
+            if self.layout == 'nhwc':
+                nsp = self.nsp
+                gw = g[:, :kc].reshape((self.num_output,) + self._geom.kernel
+                                       + (self.channels,))       # (O, *k, C)
+                dw += gw.transpose((0, nsp + 1) + tuple(range(1, nsp + 1)))
+            else:
+                dw += g[:, :kc].reshape(dw.shape)
+        if need_b:
+            self.blobs[1].mutable_dev_diff[...] += g[:, kc]
 
     # channels-first: W (G, O/G, C/G*K) @ columns (n, G, C/G*K, P) ---------------------------
     def _gemm_nchw(self, col, w, y):
@@ -268,14 +311,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
         xp.matmul(w.reshape(g, self.num_output // g, -1), col,
                   out=y.reshape(n, g, self.num_output // g, -1))
 
-    def _backward_nchw(self, dy, col, dx, need_w):
+    def _backward_nchw(self, dy, col, dx, need_w, need_b):
         xp = get_array_module(dy)
         geom, n, g = self._geom, dy.shape[0], self.group
         og = self.num_output // g
         dy4 = dy.reshape(n, g, og, -1)
-        if need_w:
-            dw = self.blobs[0].mutable_dev_diff.reshape(g, og, -1)
-            dw += xp.matmul(dy4, col.swapaxes(-1, -2)).sum(axis=0)
+        if need_w or need_b:
+            gw = xp.matmul(dy4, col.swapaxes(-1, -2)).sum(axis=0)    # (G, O/G, C/G*K [+1])
+            self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
         if dx is not None:
             wt = self.weight(0).reshape(g, og, -1).swapaxes(-1, -2)
             if self.is_1x1:
@@ -293,17 +336,14 @@ class ConvolutionLayer(BaseConvolutionLayer):
         xp.matmul(colm, wt.T, out=ym)
         parallel.copyto(y, ym.reshape(n, p, self.num_output).transpose(0, 2, 1), xp)
 
-    def _backward_nhwc(self, dy, colm, dx, need_w):
+    def _backward_nhwc(self, dy, colm, dx, need_w, need_b):
         xp = get_array_module(dy)
         geom, n, nsp = self._geom, dy.shape[0], self.nsp
         dym = geom.buffer('dy_nhwc', (n, geom.out_count, self.num_output), xp)
         parallel.copyto(dym, dy.transpose(0, 2, 1), xp)
         dym = dym.reshape(-1, self.num_output)
-        if need_w:
-            dwt = xp.matmul(dym.T, colm).reshape(
-                (self.num_output,) + geom.kernel + (self.channels,))      # (O, *k, C)
-            self.blobs[0].mutable_dev_diff[...] += dwt.transpose(
-                (0, nsp + 1) + tuple(range(1, nsp + 1)))
+        if need_w or need_b:
+            self._accumulate_param_grads(xp.matmul(dym.T, colm), need_w, need_b)
         if dx is not None:
             # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
             # (K, n*P, C), the layout col2im scatters fastest

@@ -4,7 +4,7 @@
   pooling windows), in channels-first (Caffe's) and channels-last layouts.
 """
 from .im2col import (ConvGeometry, as_strided, col2im, im2col, kernel_taps, padded,
-                     tap_slices, window_view)
+                     split_axes, tap_slices, window_view)
 
 __all__ = ['ConvGeometry', 'as_strided', 'col2im', 'im2col', 'kernel_taps', 'padded',
-           'tap_slices', 'window_view']
+           'split_axes', 'tap_slices', 'window_view']

@@ -35,6 +35,26 @@ def as_strided(xp, a, shape, strides):
     return xp.lib.stride_tricks.as_strided(a, shape=tuple(shape), strides=tuple(strides))
 
 
+def split_axes(a, shapes):
+    """View of ``a`` with axis i split into ``shapes[i]`` (C order), never a copy.
+
+    ``a.reshape`` silently copies when ``a`` is a strided slice (e.g. the first K columns of a
+    (rows, K+1) buffer); writing into that copy would be lost, so build the view explicitly.
+    """
+    xp = get_array_module(a)
+    shape, strides = [], []
+    for dims, st in zip(shapes, a.strides):
+        dims = tuple(int(d) for d in (dims if isinstance(dims, (tuple, list)) else (dims,)))
+        shape += dims
+        inner = st
+        sub = []
+        for d in reversed(dims):
+            sub.append(inner)
+            inner *= d
+        strides += reversed(sub)
+    return as_strided(xp, a, shape, strides)
+
+
 def kernel_taps(kernel):
     """All kernel offsets in Caffe's row-major scan order ((0,0), (0,1), ... for 2-D)."""
     return list(itertools.product(*[range(int(k)) for k in kernel]))
