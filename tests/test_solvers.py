@@ -797,3 +797,21 @@ def test_resume_with_dropout_is_bitwise_equal(tmp_path):
     resumed.step(3)
     for key, value in params_of(full.net).items():
         np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
+
+
+@pytest.mark.parametrize('solver_type', sorted(SOLVERS))
+def test_apply_update_allocates_no_param_sized_arrays(solver_type, tmp_path):
+    """The update loop reuses its work buffers: no param-sized allocation per iteration."""
+    import tracemalloc
+    s = ip_solver(tmp_path, solver_type=solver_type)
+    s.step(2)                   # work buffers exist now
+    for p in s.net.learnable_params:
+        p.diff[...] = 0.01
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        s.apply_update()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 7840 * 4 // 2, '%s allocated %d bytes in apply_update' % (solver_type, peak)
