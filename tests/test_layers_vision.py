@@ -583,16 +583,21 @@ def test_convolution_large_columns_are_built_in_batch_slices(monkeypatch, channe
 def test_batch_split_threads_give_identical_results(monkeypatch):
     import qcaffe.ops.parallel as parallel
     x = (np.round(RS.randn(6, 3, 8, 8) * 2) / 2).astype(np.float32)
-    dy = RS.randn(6, 3, 4, 4).astype(np.float32)
+    dys = []
     results = []
     for threads in ('1', '3'):
         monkeypatch.setenv('QCAFFE_NUM_THREADS', threads)
         monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
         out = []
-        for phase in ('TRAIN', 'TEST'):
-            layer = pool_layer(phase, pool='MAX', kernel_size=2, stride=2)
+        for phase, pp in (('TRAIN', dict(pool='MAX', kernel_size=2, stride=2)),
+                          ('TEST', dict(pool='MAX', kernel_size=2, stride=2)),
+                          ('TRAIN', dict(pool='MAX', kernel_size=3, stride=2, pad=1)),
+                          ('TEST', dict(pool='AVE', kernel_size=3, stride=2, pad=1))):
+            layer = pool_layer(phase, **pp)
             bottom, top = run(layer, x)
-            top[0].diff[...] = dy
+            top[0].diff[...] = RS.randn(*top[0].shape) if threads == '1' else dys.pop(0)
+            if threads == '1':
+                dys.append(top[0].diff.copy())
             layer.backward(top, [True], bottom)
             out += [top[0].data.copy(), bottom[0].diff.copy()]
         for c in (3, 8):   # channels-first and channels-last convolution, padded

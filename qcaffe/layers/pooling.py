@@ -30,6 +30,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_slices
 from ..ops.parallel import batch_split
+from ..ops.parallel import copyto as parallel_copyto
 from ..proto import caffe_pb2
 from .base import Layer, LayerError, register_layer
 
@@ -323,13 +324,18 @@ class PoolingLayer(Layer):
         ph, pw = geom.out_shape
         xpad = padded(x, geom, 0.0, name=('pad', 0.0))
         v = geom.buffer('vsum', (xpad.shape[0], xpad.shape[1], ph, xpad.shape[3]), xp)
-        xp.copyto(v, xpad[:, :, 0:sh * (ph - 1) + 1:sh])
-        for i in range(1, kh):
-            v += xpad[:, :, i:i + sh * (ph - 1) + 1:sh]
-        xp.copyto(y, v[..., 0:sw * (pw - 1) + 1:sw])
-        for j in range(1, kw):
-            y += v[..., j:j + sw * (pw - 1) + 1:sw]
-        y /= self._avg_divisor(xp)
+        div = self._avg_divisor(xp)
+
+        def work(s, e):
+            vs, ys = v[s:e], y[s:e]
+            xp.copyto(vs, xpad[s:e, :, 0:sh * (ph - 1) + 1:sh])
+            for i in range(1, kh):
+                vs += xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh]
+            xp.copyto(ys, vs[..., 0:sw * (pw - 1) + 1:sw])
+            for j in range(1, kw):
+                ys += vs[..., j:j + sw * (pw - 1) + 1:sw]
+            ys /= div
+        batch_split(y.shape[0], work, xpad.size, xp)
 
     def _stochastic_train(self, x, y):
         xp = get_array_module(x)
@@ -415,12 +421,17 @@ class PoolingLayer(Layer):
                         xp.multiply(g[s:e], eq[s:e], out=dst)
             batch_split(n, work, acc.size, xp)
         else:
-            acc.fill(0)
-            for t, tap in enumerate(kernel_taps(geom.kernel)):
-                dst = acc[(slice(None), slice(None)) + tap_slices(geom, tap)]
-                dst += g if arg is None else g * (arg == t)
+            taps = list(enumerate(kernel_taps(geom.kernel)))
+
+            def work(s, e):
+                a, gs = acc[s:e], g[s:e]
+                a.fill(0)
+                for t, tap in taps:
+                    dst = a[(slice(None), slice(None)) + tap_slices(geom, tap)]
+                    dst += gs if arg is None else gs * (arg[s:e] == t)
+            batch_split(n, work, acc.size, xp)
         if geom.needs_pad:
-            xp.copyto(dx, acc[(slice(None), slice(None)) + geom.interior()])
+            parallel_copyto(dx, acc[(slice(None), slice(None)) + geom.interior()], xp)
 
 
 @register_layer('SPP')
