@@ -231,32 +231,37 @@ class PoolingLayer(Layer):
         if self.tiled:
             return self._max_argmax_taps(xp, xpad, y)
         n, c, hp, _ = xpad.shape
-        # horizontal pass over every padded row: first max within each window row
         hmax = geom.buffer('hmax', (n, c, hp, pw), xp)
         harg = geom.buffer('harg', (n, c, hp, pw), xp, np.int32)
         gt = geom.buffer('gt_h', (n, c, hp, pw), xp, np.bool_)
-        cols = [xpad[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
-        xp.copyto(hmax, cols[0])
-        harg.fill(0)
-        for j in range(1, kw):
-            xp.greater(cols[j], hmax, out=gt)
-            xp.maximum(hmax, cols[j], out=hmax)
-            # harg = where(gt, j, harg), branch-free: j exceeds every earlier column index
-            xp.maximum(harg, xp.multiply(gt, j, dtype=np.int32), out=harg)
-        # vertical pass: first window row reaching the max (strict '>' keeps the earlier row)
         arg = xp.empty(y.shape, dtype=np.int32)
         gtv = geom.buffer('gt_v', y.shape, xp, np.bool_)
-        xp.copyto(y, hmax[:, :, 0:sh * (ph - 1) + 1:sh])
-        xp.copyto(arg, harg[:, :, 0:sh * (ph - 1) + 1:sh])
-        for i in range(1, kh):
-            sl = slice(i, i + sh * (ph - 1) + 1, sh)
-            row = hmax[:, :, sl]
-            xp.greater(row, y, out=gtv)
-            xp.maximum(y, row, out=y)
-            # arg = where(gtv, i*kw + harg, arg): the new index exceeds every earlier one
-            cand = harg[:, :, sl] + i * kw
-            cand *= gtv
-            xp.maximum(arg, cand, out=arg)
+
+        def work(s, e):
+            # horizontal pass over every padded row: first max within each window row
+            hm, ha, g = hmax[s:e], harg[s:e], gt[s:e]
+            cols = [xpad[s:e, ..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
+            xp.copyto(hm, cols[0])
+            ha.fill(0)
+            for j in range(1, kw):
+                xp.greater(cols[j], hm, out=g)
+                xp.maximum(hm, cols[j], out=hm)
+                # harg = where(gt, j, harg), branch-free: j exceeds every earlier column index
+                xp.maximum(ha, xp.multiply(g, j, dtype=np.int32), out=ha)
+            # vertical pass: first window row reaching the max (strict '>' keeps the earlier)
+            ys, args, gv = y[s:e], arg[s:e], gtv[s:e]
+            xp.copyto(ys, hm[:, :, 0:sh * (ph - 1) + 1:sh])
+            xp.copyto(args, ha[:, :, 0:sh * (ph - 1) + 1:sh])
+            for i in range(1, kh):
+                sl = slice(i, i + sh * (ph - 1) + 1, sh)
+                row = hm[:, :, sl]
+                xp.greater(row, ys, out=gv)
+                xp.maximum(ys, row, out=ys)
+                # arg = where(gtv, i*kw + harg, arg): the new index exceeds every earlier one
+                cand = ha[:, :, sl] + i * kw
+                cand *= gv
+                xp.maximum(args, cand, out=args)
+        batch_split(n, work, xpad.size, xp)
         return arg
 
     def _max_argmax_taps(self, xp, xpad, y):
