@@ -815,3 +815,19 @@ def test_apply_update_allocates_no_param_sized_arrays(solver_type, tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 7840 * 4 // 2, '%s allocated %d bytes in apply_update' % (solver_type, peak)
+
+
+def test_solver_file_with_legacy_enum_and_solver_class_by_enum(tmp_path):
+    require_layers('Input', 'InnerProduct', 'SoftmaxWithLoss')
+    from qcaffe.solvers import NesterovSolver, solver_class
+    net_file = tmp_path / 'net.prototxt'
+    net_file.write_text(IP_NET)
+    solver_file = tmp_path / 'old_solver.prototxt'
+    solver_file.write_text('net: "%s"\nsolver_type: NESTEROV\nbase_lr: 0.1\nlr_policy: "fixed"\n'
+                           'momentum: 0.9\n' % net_file)
+    s = create_solver(str(solver_file))
+    assert isinstance(s, NesterovSolver) and s.param.type == 'Nesterov'
+    assert s.param.snapshot_prefix == str(tmp_path / 'old_solver')   # Caffe's default prefix
+    assert solver_class(caffe_pb2.SolverParameter.ADADELTA).type == 'AdaDelta'
+    with pytest.raises(SolverError, match='Unknown solver_type enum value 9'):
+        solver_class(9)
