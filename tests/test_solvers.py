@@ -831,3 +831,23 @@ def test_solver_file_with_legacy_enum_and_solver_class_by_enum(tmp_path):
     assert solver_class(caffe_pb2.SolverParameter.ADADELTA).type == 'AdaDelta'
     with pytest.raises(SolverError, match='Unknown solver_type enum value 9'):
         solver_class(9)
+
+
+@pytest.mark.parametrize('solver_type', sorted(SOLVERS))
+@pytest.mark.parametrize('reg', ['L2', 'L1'])
+def test_cache_blocked_update_equals_whole_array_update(solver_type, reg, tmp_path):
+    """Large params are updated slice by slice on the CPU: bitwise the same result."""
+    text = ('regularization_type: "%s" iter_size: 2 clip_gradients: 0.5 weight_decay: 0.01'
+            % reg)
+    whole = ip_solver(tmp_path, text, solver_type)
+    blocked = ip_solver(tmp_path, text, solver_type)
+    blocked.CHUNK = 1000        # ip1's 7840 weights in 8 slices, the last one partial
+    mask = (np.arange(7840) % 3 != 0).astype(np.float32).reshape(10, 784)
+    for s in (whole, blocked):
+        s.net.layers[s.net.layer_index('ip1')].param_update_mask = \
+            lambda i: mask if i == 0 else None
+        s.step(3)
+    for key, value in params_of(whole.net).items():
+        np.testing.assert_array_equal(params_of(blocked.net)[key], value, err_msg=str(key))
+    for a, b in zip(whole.history, blocked.history):
+        np.testing.assert_array_equal(a.data, b.data)

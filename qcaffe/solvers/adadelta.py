@@ -14,27 +14,26 @@ from .base import Solver
 class AdaDeltaSolver(Solver):
     type = 'AdaDelta'
     num_history_sets = 2
+    num_temps = 2
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        h = self.history_array(i, 0)
-        u = self.history_array(i, 1)
-        tmp, tmp2 = self.temp(i, 0), self.temp(i, 1)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, u = hist
+        t, t2 = tmp
         momentum = np.float32(self.param.momentum)
         one_minus = np.float32(1) - momentum
         delta = np.float32(self.param.delta)
         xp = get_array_module(g)
-        xp.multiply(g, g, out=tmp)
-        tmp *= one_minus
+        xp.multiply(g, g, out=t)
+        t *= one_minus
         h *= momentum
-        h += tmp
-        xp.add(h, delta, out=tmp)
-        xp.add(u, delta, out=tmp2)
-        tmp2 /= tmp
-        xp.sqrt(tmp2, out=tmp2)
-        g *= tmp2
-        xp.multiply(g, g, out=tmp)
-        tmp *= one_minus
+        h += t
+        xp.add(h, delta, out=t)
+        xp.add(u, delta, out=t2)
+        t2 /= t
+        xp.sqrt(t2, out=t2)
+        g *= t2
+        xp.multiply(g, g, out=t)
+        t *= one_minus
         u *= momentum
-        u += tmp
+        u += t
         g *= self.local_rate(i, rate)

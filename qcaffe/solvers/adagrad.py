@@ -16,14 +16,12 @@ class AdaGradSolver(Solver):
             self._fail('momentum', 'Momentum cannot be used with AdaGrad (got %g); remove it '
                        'or set it to 0' % self.param.momentum)
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        h = self.history_array(i)
-        tmp = self.temp(i)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, t = hist[0], tmp[0]
         xp = get_array_module(g)
-        xp.multiply(g, g, out=tmp)
-        h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += np.float32(self.param.delta)
-        g /= tmp
+        xp.multiply(g, g, out=t)
+        h += t
+        xp.sqrt(h, out=t)
+        t += np.float32(self.param.delta)
+        g /= t
         g *= self.local_rate(i, rate)

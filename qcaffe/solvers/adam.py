@@ -17,24 +17,22 @@ class AdamSolver(Solver):
     type = 'Adam'
     num_history_sets = 2
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        m = self.history_array(i, 0)
-        v = self.history_array(i, 1)
-        tmp = self.temp(i)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        m, v = hist
+        t = tmp[0]
         p = self.param
         beta1, beta2 = np.float32(p.momentum), np.float32(p.momentum2)
-        t = self.iter + 1
-        correction = np.float32(math.sqrt(1.0 - float(beta2) ** t) / (1.0 - float(beta1) ** t))
+        it = self.iter + 1
+        correction = np.float32(math.sqrt(1.0 - float(beta2) ** it) / (1.0 - float(beta1) ** it))
         xp = get_array_module(g)
         m *= beta1
-        xp.multiply(g, np.float32(1) - beta1, out=tmp)
-        m += tmp
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - beta2
+        xp.multiply(g, np.float32(1) - beta1, out=t)
+        m += t
+        xp.multiply(g, g, out=t)
+        t *= np.float32(1) - beta2
         v *= beta2
-        v += tmp
-        xp.sqrt(v, out=tmp)
-        tmp += np.float32(p.delta)
-        xp.divide(m, tmp, out=g)
+        v += t
+        xp.sqrt(v, out=t)
+        t += np.float32(p.delta)
+        xp.divide(m, t, out=g)
         g *= self.local_rate(i, rate) * correction

@@ -19,19 +19,17 @@ from .base import Solver
 
 class LarsSGDSolver(Solver):
     type = 'LarsSGD'
+    whole_blob = True           # the norms are over the whole blob
 
-    def compute_update_value(self, i, rate):
-        prm = self._params[i]
-        g = prm.blob.mutable_dev_diff
-        h = self.history_array(i)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, t = hist[0], tmp[0]
         p = self.param
-        wn = math.sqrt(prm.blob.sumsq_data())
-        gn = math.sqrt(prm.blob.sumsq_diff())
+        wn = math.sqrt(float(w.dot(w)))
+        gn = math.sqrt(float(g.dot(g)))
         local_lr = 1.0
         if wn > 0 and gn > 0:
             local_lr = p.local_gw_ratio * wn / (gn + p.weight_decay * wn)
         h *= np.float32(p.momentum)
-        tmp = self.temp(i)
-        get_array_module(g).multiply(g, np.float32(rate) * np.float32(local_lr), out=tmp)
-        h += tmp
+        get_array_module(g).multiply(g, np.float32(rate) * np.float32(local_lr), out=t)
+        h += t
         g[...] = h

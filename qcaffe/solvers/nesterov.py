@@ -11,11 +11,10 @@ from .base import Solver
 
 class NesterovSolver(Solver):
     type = 'Nesterov'
+    num_temps = 2
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        h = self.history_array(i)
-        h_prev = self.temp(i, 1)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, h_prev = hist[0], tmp[1]
         momentum = np.float32(self.param.momentum)
         h_prev[...] = h
         h *= momentum

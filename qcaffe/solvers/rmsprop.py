@@ -19,17 +19,15 @@ class RMSPropSolver(Solver):
         if not 0 <= p.rms_decay < 1:
             self._fail('rms_decay', 'must be in [0, 1) (got %g)' % p.rms_decay)
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        h = self.history_array(i)
-        tmp = self.temp(i)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, t = hist[0], tmp[0]
         decay = np.float32(self.param.rms_decay)
         xp = get_array_module(g)
-        xp.multiply(g, g, out=tmp)
-        tmp *= np.float32(1) - decay
+        xp.multiply(g, g, out=t)
+        t *= np.float32(1) - decay
         h *= decay
-        h += tmp
-        xp.sqrt(h, out=tmp)
-        tmp += np.float32(self.param.delta)
-        g /= tmp
+        h += t
+        xp.sqrt(h, out=t)
+        t += np.float32(self.param.delta)
+        g /= t
         g *= self.local_rate(i, rate)

@@ -11,12 +11,10 @@ from .base import Solver
 class SGDSolver(Solver):
     type = 'SGD'
 
-    def compute_update_value(self, i, rate):
-        g = self._params[i].blob.mutable_dev_diff
-        h = self.history_array(i)
-        tmp = self.temp(i)
+    def compute_update_value(self, i, rate, g, w, hist, tmp):
+        h, t = hist[0], tmp[0]
         # caffe_cpu_axpby(local_rate, g, momentum, h): h = momentum * h, then h += rate * g
         h *= np.float32(self.param.momentum)
-        get_array_module(g).multiply(g, self.local_rate(i, rate), out=tmp)
-        h += tmp
+        get_array_module(g).multiply(g, self.local_rate(i, rate), out=t)
+        h += t
         g[...] = h
