@@ -23,6 +23,7 @@ MIN_ELEMENTS = 1 << 16   # per call: smaller jobs are not worth a thread hand-of
 
 _pool = None
 _pool_size = 0
+_pool_pid = None
 _lock = threading.Lock()
 _local = threading.local()
 
@@ -50,11 +51,13 @@ def num_threads():
 
 
 def _executor(n):
-    global _pool, _pool_size
+    global _pool, _pool_size, _pool_pid
     with _lock:
-        if _pool is None or _pool_size < n:
+        # a forked child inherits the pool object but not its threads: make a new one
+        if _pool is None or _pool_size < n or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix='qcaffe-batch')
             _pool_size = n
+            _pool_pid = os.getpid()
         return _pool
 
 
