@@ -15,8 +15,10 @@ caffe.md section 4:
   ``iter_size`` normalization, L2/L1 regularization, the update rule, ``Net::Update``;
 * snapshot / restore (4.6) in BINARYPROTO or HDF5, each file written atomically;
 * beyond Caffe: a non-finite loss stops training with the iteration and the layer where the
-  first non-finite value appeared (:class:`TrainingDivergedError`), leaving the last good
-  snapshot untouched.
+  first non-finite value appeared (:class:`TrainingDivergedError`; ``solver.check_nan =
+  False`` turns it off), leaving the last good snapshot untouched; layer state that is not a
+  blob (data read positions...) and the host RNG travel in ``<state>.layers.npz`` beside
+  the solverstate, so a resumed run equals an uninterrupted one bit for bit.
 """
 import logging
 import math
