@@ -34,9 +34,10 @@ class CropLayer(Layer):
 
     def reshape(self, bottom, top):
         a, b = bottom[0], bottom[1]
-        if a.num_axes != b.num_axes:
-            raise LayerError('Layer %r (type Crop): both bottoms need the same number of axes '
-                             '(%s vs %s)' % (self.name, a.shape_string(), b.shape_string()))
+        if b.num_axes < a.num_axes:
+            raise LayerError('Layer %r (type Crop): the reference bottom %s has fewer axes than '
+                             'the cropped bottom %s' % (self.name, b.shape_string(),
+                                                        a.shape_string()))
         shape, offsets = [], []
         for i in range(a.num_axes):
             off, size = 0, a.shape[i]
