@@ -19,10 +19,13 @@ columns.
   CEIL rounding (``min(start + k, in + pad) - start``); padded cells contribute 0.
 * STOCHASTIC: TRAIN samples one element per window with probability proportional to its value
   (Caffe's cumulative-sum rule with a uniform threshold; the gradient goes to the sample); TEST
-  outputs ``sum(x^2) / sum(x)``.  (Caffe only has this on the GPU; here it runs on both.)
+  outputs ``sum(x^2) / sum(x)`` (0 where the sum is not positive).  Caffe only has this on
+  the GPU; here it runs on both.
 
-Non-overlapping windows (stride == kernel, exact tiling: LeNet's 2x2/2) backpropagate with one
-broadcast multiply over a (N, C, PH, kh, PW, kw) view instead of a strided scatter per tap.
+Non-overlapping windows (stride == kernel, exact tiling: LeNet's 2x2/2) take a faster path:
+the forward copies the taps into a tap-major buffer once (every tap a contiguous block, a 1-byte
+argmax), the backward writes each tap's gradient straight into its strided slot (no zeroing, no
+accumulation).  Memory-bound passes are split over the batch in threads (qcaffe.ops.parallel).
 """
 import numpy as np
 
@@ -365,12 +368,15 @@ class PoolingLayer(Layer):
     def _stochastic_test(self, x, y):
         xp = get_array_module(x)
         _, taps = self._windows(x, 0.0)
-        s = xp.full(y.shape, np.finfo(np.float32).tiny, dtype=np.float32)  # Caffe: FLT_MIN
+        s = xp.zeros(y.shape, dtype=np.float32)
         sq = xp.zeros(y.shape, dtype=np.float32)
         for _, win in taps:
             s += win
             sq += win * win
-        xp.divide(sq, s, out=y)
+        # Caffe (StoPoolForwardTest): cumsum > 0 ? cumvalues / cumsum : 0
+        pos = s > 0
+        xp.divide(sq, xp.where(pos, s, 1), out=y)
+        y *= pos
 
     # ----------------------------------------------------------------- backward
     def backward_impl(self, top, propagate_down, bottom):
