@@ -636,3 +636,29 @@ def test_convolution_frozen_param_gets_no_gradient(channels, frozen):
             np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-5)
         else:
             assert layer.blobs[0].diff.any()
+
+
+def test_openblas_threads_follow_machine_load(monkeypatch):
+    import qcaffe.ops.parallel as parallel
+    for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'QCAFFE_NUM_THREADS',
+                'QCAFFE_ADAPT_BLAS'):
+        monkeypatch.delenv(var, raising=False)
+    saved = dict(parallel._blas)
+    monkeypatch.setattr(parallel, '_blas', {'init': False, 'funcs': None, 'default': None,
+                                            'current': None})
+    monkeypatch.setattr(parallel, '_idle', {'checked': -1e9, 'threads': 1})
+    monkeypatch.setattr(parallel.os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (9.0, 9.0, 9.0))
+    assert parallel.num_threads() == 1
+    if parallel.blas_threads() is None:
+        pytest.skip('numpy does not use a controllable OpenBLAS here')
+    assert parallel.blas_threads() == 1
+    default = parallel._blas['default']
+    try:
+        monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (0.5, 0.5, 0.5))
+        parallel._idle['checked'] = -1e9
+        assert parallel.num_threads() == 2
+        assert parallel.blas_threads() == default
+        assert parallel._blas['funcs'][0]() == default
+    finally:   # leave OpenBLAS as the real module state believes it is
+        parallel._blas['funcs'][1](saved['current'] or default)
