@@ -648,6 +648,7 @@ def test_openblas_threads_follow_machine_load(monkeypatch):
                                             'current': None})
     monkeypatch.setattr(parallel, '_idle', {'checked': -1e9, 'threads': 1})
     monkeypatch.setattr(parallel.os, 'cpu_count', lambda: 2)
+    monkeypatch.setattr(parallel, '_cpu_sample', lambda: None)     # load average decides
     monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (9.0, 9.0, 9.0))
     assert parallel.num_threads() == 1
     if parallel.blas_threads() is None:
@@ -662,3 +663,17 @@ def test_openblas_threads_follow_machine_load(monkeypatch):
         assert parallel._blas['funcs'][0]() == default
     finally:   # leave OpenBLAS as the real module state believes it is
         parallel._blas['funcs'][1](saved['current'] or default)
+
+
+
+def test_busy_means_other_processes_not_our_own_threads(monkeypatch):
+    import qcaffe.ops.parallel as parallel
+    monkeypatch.setattr(parallel, '_idle', {'checked': -1e9, 'threads': 1})
+    samples = iter([(0.0, 100.0, 10.0),    # wall, machine busy CPU s, our CPU s
+                    (2.0, 103.9, 13.8),    # 3.9 s busy of 4 core-s, 3.8 of them ours: idle
+                    (4.0, 107.9, 15.0)])   # 4.0 s busy, 1.2 ours: others use 70%: busy
+    monkeypatch.setattr(parallel, '_cpu_sample', lambda: next(samples))
+    monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (0.0, 0.0, 0.0))
+    assert parallel._others_busy(2) is False          # first call: load average
+    assert parallel._others_busy(2) is False
+    assert parallel._others_busy(2) is True

@@ -7,17 +7,18 @@ over images: there is one slice per core.  Workers must write disjoint slices of
 arrays only.  cupy arrays (and small jobs, where the hand-off costs more than it saves) run
 in the calling thread.
 
-``QCAFFE_NUM_THREADS`` sets the number of threads.  By default it is the core count while the
-machine has idle cores (1-minute load average below cores + 1, i.e. only this process is
-busy; re-read every 2 s) and 1 otherwise: when every core is already taken by other
-processes the hand-off only adds latency.
+``QCAFFE_NUM_THREADS`` sets the number of threads.  By default it is the core count while other
+processes leave the cores idle (their share of the machine's CPU time since the last check,
+re-read at most every 2 s, is below half; this process's own threads never count) and 1
+otherwise: when the cores are already taken by other processes the hand-off only adds
+latency.
 
 The same check sizes numpy's OpenBLAS thread pool (when numpy uses OpenBLAS, the user set no
 ``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``QCAFFE_NUM_THREADS`` and
 ``QCAFFE_ADAPT_BLAS`` is not 0): on a machine whose cores are taken by other processes,
 OpenBLAS threads spin against them and a GEMM gets 10-80x slower (LeNet ip1 at batch 8:
 31 ms instead of 0.4 ms with 2 threads on a loaded 2-core machine), so qcaffe drops OpenBLAS to
-one thread while the machine is busy and restores its default when cores are idle again.
+one thread while other processes keep the machine busy and restores its default when they stop.
 """
 import os
 import threading
@@ -92,6 +93,36 @@ def blas_threads():
     return _blas['current'] if _blas['funcs'] is not None else None
 
 
+def _cpu_sample():
+    """(wall s, busy CPU s of the whole machine, CPU s of this process) or None."""
+    try:
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)      # idle + iowait
+    busy = (sum(fields[:8]) - idle) / float(os.sysconf('SC_CLK_TCK'))
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system
+
+
+def _others_busy(cores):
+    """True when OTHER processes keep at least half of the cores busy.
+
+    Measured from /proc/stat between two calls minus this process's own CPU time, so qcaffe's
+    own threads never count; without /proc, the 1-minute load average >= cores + 1 decides.
+    """
+    sample = _cpu_sample()
+    prev, _idle['sample'] = _idle.get('sample'), sample
+    if sample is not None and prev is not None and sample[0] > prev[0]:
+        others = (sample[1] - prev[1]) - (sample[2] - prev[2])
+        return others / ((sample[0] - prev[0]) * cores) >= 0.5
+    try:
+        return os.getloadavg()[0] >= cores + 1
+    except (AttributeError, OSError):   # no load average (Windows)
+        return False
+
+
 def num_threads():
     env = os.environ.get('QCAFFE_NUM_THREADS')
     if env:
@@ -102,10 +133,7 @@ def num_threads():
     now = time.monotonic()
     if now - _idle['checked'] > 2.0:
         cores = max(1, min(4, os.cpu_count() or 1))
-        try:
-            busy = os.getloadavg()[0] >= cores + 1
-        except (AttributeError, OSError):   # no load average (Windows)
-            busy = False
+        busy = _others_busy(cores)
         _idle['threads'] = 1 if busy else cores
         _idle['checked'] = now
         _adapt_blas(busy)
