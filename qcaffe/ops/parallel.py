@@ -47,7 +47,9 @@ def _find_openblas():
         maps = open('/proc/self/maps').read()
     except OSError:
         return None
-    for path in sorted(set(re.findall(r'(/\S*openblas\S*\.so[.\d]*)', maps))):
+    paths = sorted(set(re.findall(r'(/\S*openblas\S*\.so[.\d]*)', maps)),
+                   key=lambda p: ('numpy' not in p and 'scipy_openblas' not in p, p))
+    for path in paths:   # numpy's own copy first (torch & co may bundle another)
         try:
             lib = ctypes.CDLL(path)
         except OSError:
