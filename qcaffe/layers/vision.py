@@ -15,9 +15,13 @@ geometry (blobs stay in Caffe's NCHW and weights in Caffe's (out, in/group, k...
   GEMM ``(N*P, K*C) @ (K*C, O)`` -- about 2x faster than the channels-first gather + batched
   GEMM on LeNet conv2.
 
-Learnable blobs are read through ``self.weight(i)`` (compression seam); param diffs accumulate,
-bottom diffs are overwritten.  The forward's column buffer is kept for the weight gradient
-(Caffe recomputes im2col in backward; keeping it trades memory for one gather per iteration).
+Without groups the bias rides in the GEMM (a ones row/column in the columns, the bias as an
+extra weight column).  The backward-data GEMM is done per kernel tap so that col2im scatters
+contiguous blocks.  Learnable blobs are read through ``self.weight(i)`` (compression seam);
+param diffs accumulate, bottom diffs are overwritten.  The forward's column buffer is kept for
+the weight gradient (Caffe recomputes im2col in backward; keeping it trades memory for one
+gather per iteration); above 256 MB of columns the batch is processed in slices and the
+columns are rebuilt in backward, as Caffe does.
 """
 import numpy as np
 
