@@ -181,11 +181,12 @@ class PoolingLayer(Layer):
             self._stochastic_test(x, y)
 
     def _windows(self, x, fill):
-        """(padded x, list of (tap index, window view (N, C, PH, PW))) in row-major order."""
+        """[(tap index, window view (N, C, PH, PW))] in row-major order, over x padded with
+        ``fill``."""
         geom = self._geom
         xpad = padded(x, geom, fill, name=('pad', fill))
-        return xpad, [(t, xpad[(slice(None), slice(None)) + tap_slices(geom, tap)])
-                      for t, tap in enumerate(kernel_taps(geom.kernel))]
+        return [(t, xpad[(slice(None), slice(None)) + tap_slices(geom, tap)])
+                for t, tap in enumerate(kernel_taps(geom.kernel))]
 
     def _max_only(self, x, y):
         xp = get_array_module(x)
@@ -347,7 +348,7 @@ class PoolingLayer(Layer):
 
     def _stochastic_train(self, x, y):
         xp = get_array_module(x)
-        _, taps = self._windows(x, 0.0)
+        taps = self._windows(x, 0.0)
         total = taps[0][1].copy()
         for _, win in taps[1:]:
             total += win
@@ -367,7 +368,7 @@ class PoolingLayer(Layer):
 
     def _stochastic_test(self, x, y):
         xp = get_array_module(x)
-        _, taps = self._windows(x, 0.0)
+        taps = self._windows(x, 0.0)
         s = xp.zeros(y.shape, dtype=np.float32)
         sq = xp.zeros(y.shape, dtype=np.float32)
         for _, win in taps:
