@@ -312,8 +312,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def _gemm_nchw(self, col, w, y):
         xp = get_array_module(col)
         n, g = col.shape[0], self.group
-        xp.matmul(w.reshape(g, self.num_output // g, -1), col,
-                  out=y.reshape(n, g, self.num_output // g, -1))
+        parallel.matmul(w.reshape(g, self.num_output // g, -1), col,
+                        y.reshape(n, g, self.num_output // g, -1), xp)
 
     def _backward_nchw(self, dy, col, dx, need_w, need_b):
         xp = get_array_module(dy)
@@ -321,7 +321,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         og = self.num_output // g
         dy4 = dy.reshape(n, g, og, -1)
         if need_w or need_b:
-            gw = xp.matmul(dy4, col.swapaxes(-1, -2)).sum(axis=0)    # (G, O/G, C/G*K [+1])
+            gws = geom.buffer('gw_nchw', (n, g, og, col.shape[-2]), xp)
+            parallel.matmul(dy4, col.swapaxes(-1, -2), gws, xp)
+            gw = gws.sum(axis=0)                                    # (G, O/G, C/G*K [+1])
             self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
         if dx is not None:
             wt = self.weight(0).reshape(g, og, -1).swapaxes(-1, -2)

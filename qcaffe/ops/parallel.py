@@ -182,3 +182,33 @@ def copyto(dst, src, xp=np):
     def work(s, e):
         xp.copyto(dst[s:e], src[s:e])
     batch_split(dst.shape[0], work, dst.size, xp)
+
+
+# OpenBLAS runs a GEMM of at most this many multiply-adds per thread on one thread
+# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in interface/gemm.c)
+BLAS_SMP_MACS = 65536 * 4
+
+
+def matmul(a, b, out, xp=np):
+    """``xp.matmul(a, b, out=out)`` for a stack of matrices (leading batch axis of ``out``),
+    the stack split over threads when each product is too small for BLAS to thread.
+
+    numpy runs a stacked matmul as one BLAS call per matrix; below ~262k multiply-adds
+    OpenBLAS keeps each call on one core (LeNet conv1: 64 calls of 20x26x576), so without the
+    split those GEMMs never use the second core.  ``a`` or ``b`` may broadcast (batch axis 1).
+    Larger products are left to BLAS's own threads.
+    """
+    m, k = a.shape[-2], a.shape[-1]
+    macs = m * k * b.shape[-1]
+    if xp is not np or macs > BLAS_SMP_MACS or out.ndim < 3:
+        xp.matmul(a, b, out=out)
+        return out
+    n = out.shape[0]
+
+    def part(x, s, e):
+        return x if x.ndim < out.ndim or x.shape[0] == 1 else x[s:e]
+
+    def work(s, e):
+        xp.matmul(part(a, s, e), part(b, s, e), out=out[s:e])
+    batch_split(n, work, macs * n // 16, xp)
+    return out
