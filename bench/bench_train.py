@@ -251,11 +251,13 @@ def main():
         steppers.append(run.step)
     rows.append(('ms/iteration, batch 64 (median of %d-iteration chunks, alternating)'
                  % args.chunk,) + tuple(alternate(steppers, args.iters, args.chunk)))
+    print('partial:', rows[-1], flush=True)  # long --full runs: keep what was measured
     if args.full:
         with tempfile.TemporaryDirectory() as tmp:
             q_s, q_acc = qcaffe_full(os.path.join(tmp, 'lenet'))
         rows.append(('10,000-iteration run, wall s (tests every 500)', q_s))
         rows.append(('final test accuracy', q_acc))
+        print('partial: qcaffe 10k run %.1f s, accuracy %.4f' % (q_s, q_acc), flush=True)
         if torch is not None:
             run = TorchRun(torch, load_arrays(folder, 'train'), load_arrays(folder, 'test'))
             t_s, t_acc = run.full()
