@@ -28,7 +28,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..fillers import fill
 from ..ops import parallel
-from ..ops.im2col import ConvGeometry, col2im, im2col, split_axes
+from ..ops.im2col import ConvGeometry, col2im, im2col, split_axes, window_view
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
 
@@ -262,10 +262,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
             x = self._batch(b.dev_data)
             y = _nchw(t.mutable_dev_data, self.num, self.num_output)
             for s, e in self._chunks:
-                col = self._columns(x[s:e], i)
                 if self.layout == 'nhwc':
-                    self._gemm_nhwc(col, w, y[s:e])
+                    col = self._forward_nhwc(x[s:e], w, y[s:e], i)
                 else:
+                    col = self._columns(x[s:e], i)
                     self._gemm_nchw(col, w, y[s:e])
             self._cols[i] = col if self._keep_cols else None
             if not self.fold_bias:
@@ -335,30 +335,77 @@ class ConvolutionLayer(BaseConvolutionLayer):
                        out=dx)
 
     # channels-last: one GEMM (n*P, K*C) @ (K*C, O) ------------------------------------------
-    def _gemm_nhwc(self, colm, wt, y):
-        xp = get_array_module(colm)
-        n, p = y.shape[0], self._geom.out_count
-        ym = self._geom.buffer('y_nhwc', (n * p, self.num_output), xp)
-        xp.matmul(colm, wt.T, out=ym)
-        parallel.copyto(y, ym.reshape(n, p, self.num_output).transpose(0, 2, 1), xp)
+    # Each thread takes a slice of the batch through the whole chain (transpose, im2col, GEMM
+    # on its rows, transpose back) with OpenBLAS held at one thread (ops.parallel.blas_split):
+    # one hand-off per layer pass, every step on both cores, no BLAS pool spinning against the
+    # workers.  The rows of a GEMM split this way come out bit-identical to one GEMM.
+    def _order_nhwc(self):
+        return (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+
+    def _order_nchw(self):
+        return (0, self.nsp + 1) + tuple(range(1, self.nsp + 1))
+
+    def _forward_nhwc(self, x, wt, y, i):
+        """x (n, C, *in) -> y (n, O, P); returns the (n*P, K*C [+1]) columns."""
+        xp = get_array_module(x)
+        geom, n, c = self._geom, x.shape[0], self.channels
+        p, ck, extra, o = geom.out_count, c * geom.kernel_count, int(self.fold_bias), \
+            self.num_output
+        # the transposed input lives in a zero-bordered buffer: no separate padding copy
+        xt = geom.buffer('x_nhwc_pad', (n,) + geom.padded_shape + (c,), xp, fill=0.0)
+        inner = xt[(slice(None),) + geom.interior() + (slice(None),)]
+        windows = window_view(xt, geom, channels_last=True)         # (n, *o, *k, C)
+        buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
+        cols = split_axes(buf[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)])
+        ym = geom.buffer('y_nhwc', (n * p, o), xp)
+        order = self._order_nhwc()
+        w = wt.T
+
+        def work(s, e):
+            xp.copyto(inner[s:e], x[s:e].transpose(order))
+            xp.copyto(cols[s:e], windows[s:e])
+            rows = slice(s * p, e * p)
+            if extra:
+                buf[rows, ck] = 1.0
+            xp.matmul(buf[rows], w, out=ym[rows])
+            xp.copyto(y[s:e], ym[rows].reshape(e - s, p, o).transpose(0, 2, 1))
+        parallel.blas_split(n, work, buf.size, xp)
+        return buf
 
     def _backward_nhwc(self, dy, colm, dx, need_w, need_b):
         xp = get_array_module(dy)
-        geom, n, nsp = self._geom, dy.shape[0], self.nsp
-        dym = geom.buffer('dy_nhwc', (n, geom.out_count, self.num_output), xp)
-        parallel.copyto(dym, dy.transpose(0, 2, 1), xp)
-        dym = dym.reshape(-1, self.num_output)
-        if need_w or need_b:
-            self._accumulate_param_grads(xp.matmul(dym.T, colm), need_w, need_b)
+        geom, n, o, c = self._geom, dy.shape[0], self.num_output, self.channels
+        p = geom.out_count
+        dym = geom.buffer('dy_nhwc', (n * p, o), xp)
         if dx is not None:
             # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
             # (K, n*P, C), the layout col2im scatters fastest
-            wk = self.weight(0).reshape(self.num_output, self.channels, -1).transpose(2, 0, 1)
-            dcol = xp.matmul(dym, wk)
-            dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (self.channels,), xp)
-            col2im(dcol.reshape(geom.kernel + (n,) + geom.out_shape + (self.channels,)), geom,
-                   out=dxt, taps_first=True)
-            parallel.copyto(dx, dxt.transpose((0, nsp + 1) + tuple(range(1, nsp + 1))), xp)
+            wk = self.weight(0).reshape(o, c, -1).transpose(2, 0, 1)
+            dcol = geom.buffer('dcol_nhwc', (geom.kernel_count, n * p, c), xp)
+            dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (c,), xp)
+            acc = (geom.buffer('dx_nhwc_pad', (n,) + geom.padded_shape + (c,), xp)
+                   if geom.needs_pad else None)
+            order = self._order_nchw()
+
+        def work(s, e):
+            rows = slice(s * p, e * p)
+            xp.copyto(dym[rows].reshape(e - s, p, o), dy[s:e].transpose(0, 2, 1))
+            if dx is None:
+                return
+            dc = dcol[:, rows]
+            xp.matmul(dym[rows], wk, out=dc)
+            col2im(split_axes(dc, [geom.kernel, (e - s,) + geom.out_shape, c]), geom,
+                   out=dxt[s:e], taps_first=True, acc=None if acc is None else acc[s:e])
+            xp.copyto(dx[s:e], dxt[s:e].transpose(order))
+        parallel.blas_split(n, work, dy.size * (1 + geom.kernel_count * c // 8), xp)
+        if need_w or need_b:
+            # weight gradient (O, K*C [+1]) split over its columns: every thread needs all of dy
+            g = geom.buffer('gw_nhwc', (o, colm.shape[1]), xp)
+
+            def wgrad(s, e):
+                xp.matmul(dym.T, colm[:, s:e], out=g[:, s:e])
+            parallel.blas_split(colm.shape[1], wgrad, colm.size, xp)
+            self._accumulate_param_grads(g, need_w, need_b)
 
 
 @register_layer('Deconvolution')

@@ -194,13 +194,15 @@ def im2col(x, geom, out=None, channels_last=False):
     return out
 
 
-def col2im(col, geom, out=None, channels_last=False, taps_first=False):
+def col2im(col, geom, out=None, channels_last=False, taps_first=False, acc=None):
     """Adjoint of :func:`im2col`: sum every column entry back onto its input position.
 
     ``col`` is (N, C, *kernel, *out), or with ``channels_last`` (N, *out, *kernel, C), or with
     ``taps_first`` (and channels_last) (*kernel, N, *out, C) -- that last layout makes every
     tap's block contiguous, which is what a GEMM against per-tap weights produces and is the
     fastest to scatter.  Returns ``out`` of shape (N, C, *in) (or (N, *in, C)), overwritten.
+    ``acc``: the padded accumulator to use when there is padding (default: one cached on
+    ``geom``; callers running col2im on batch slices in threads pass their own slice).
     """
     xp = get_array_module(col)
     nsp = geom.nsp
@@ -224,7 +226,10 @@ def col2im(col, geom, out=None, channels_last=False, taps_first=False):
         out = xp.empty(in_full, dtype=col.dtype)
     else:
         out = out.reshape(in_full)
-    acc = geom.buffer('col2im', pad_full, xp, col.dtype) if geom.needs_pad else out
+    if not geom.needs_pad:
+        acc = out
+    elif acc is None:
+        acc = geom.buffer('col2im', pad_full, xp, col.dtype)
     taps = kernel_taps(geom.kernel)
 
     def work(s, e):

@@ -153,28 +153,78 @@ def _executor(n):
         return _pool
 
 
-def batch_split(n, work, elements, xp=np):
-    """Run ``work(start, stop)`` over ``[0, n)`` in one contiguous slice per thread."""
+def split_bounds(n, elements, xp=np):
+    """The contiguous ``(start, stop)`` slices of ``[0, n)``, one per thread (a single slice
+    when threads are off, the job is small, the arrays are cupy's, or inside a worker)."""
     t = min(num_threads(), n)
     if (t <= 1 or xp is not np or elements < MIN_ELEMENTS
             or getattr(_local, 'inside', False)):
+        return [(0, n)]
+    return [(n * i // t, n * (i + 1) // t) for i in range(t)]
+
+
+_hold = {'funcs': False}
+
+
+def _openblas_funcs():
+    if _hold['funcs'] is False:
+        try:
+            _hold['funcs'] = _find_openblas()
+        except Exception:   # any platform oddity: no holding
+            _hold['funcs'] = None
+    return _hold['funcs']
+
+
+def run_parts(bounds, work, blas=False):
+    """``work(k, start, stop)`` for every slice ``k`` of ``bounds``, slice 0 in the calling
+    thread and the others in the pool; returns when all are done.
+
+    ``blas=True``: the work calls BLAS.  OpenBLAS is then held at one thread until the parts
+    finish, so each part's GEMMs run on the part's own core instead of every part waking the
+    BLAS pool (which would put twice as many busy threads as cores).  Splitting GEMMs over
+    the rows of their output gives the same floats as one GEMM: every output element is the
+    same dot product over the same K blocks.
+    """
+    if len(bounds) == 1:
+        work(0, *bounds[0])
+        return
+    funcs = _openblas_funcs() if blas else None
+    prev = int(funcs[0]()) if funcs is not None else 1
+    if prev > 1:
+        funcs[1](1)
+    try:
+        pool = _executor(len(bounds) - 1)
+
+        def run(k, s, e):
+            _local.inside = True   # no nested splitting from inside a worker
+            try:
+                work(k, s, e)
+            finally:
+                _local.inside = False
+        futures = [pool.submit(run, k, s, e) for k, (s, e) in enumerate(bounds) if k]
+        try:
+            run(0, *bounds[0])
+        finally:
+            for f in futures:
+                f.result()
+    finally:
+        if prev > 1:
+            funcs[1](prev)
+
+
+def blas_split(n, work, elements, xp=np):
+    """Like :func:`batch_split` for work that calls BLAS (``work(start, stop)``): threads split
+    ``[0, n)`` and OpenBLAS stays at one thread meanwhile.  Only the main thread splits (it
+    alone may resize OpenBLAS's pool); elsewhere the work runs whole."""
+    if threading.current_thread() is not threading.main_thread():
         work(0, n)
         return
-    bounds = [(n * i // t, n * (i + 1) // t) for i in range(t)]
-    pool = _executor(t - 1)
+    run_parts(split_bounds(n, elements, xp), lambda k, s, e: work(s, e), blas=True)
 
-    def run(s, e):
-        _local.inside = True   # no nested splitting from inside a worker
-        try:
-            work(s, e)
-        finally:
-            _local.inside = False
-    futures = [pool.submit(run, s, e) for s, e in bounds[1:]]
-    try:
-        run(*bounds[0])
-    finally:
-        for f in futures:
-            f.result()
+
+def batch_split(n, work, elements, xp=np):
+    """Run ``work(start, stop)`` over ``[0, n)`` in one contiguous slice per thread."""
+    run_parts(split_bounds(n, elements, xp), lambda k, s, e: work(s, e))
 
 
 def copyto(dst, src, xp=np):
