@@ -151,9 +151,14 @@ def test_restore_caffe_solverstate_and_continue(name, tmp_path):
         assert_close(value, params_of(ours.net)[key], 'continued %s' % (key,))
 
 
-def test_lenet_iter_10000_solverstate_restores_and_continues(tmp_path):
+def test_lenet_iter_10000_solverstate_restores_and_continues(tmp_path, monkeypatch):
     require_layers(*TINY_LAYERS)
-    d = require_shared('models', 'lenet')
+    d = os.path.abspath(require_shared('models', 'lenet'))
+    # The solverstate names its weights by Caffe's relative path
+    # examples/mnist/lenet_iter_10000.caffemodel; run where no such file exists (the repo's
+    # own examples/mnist may hold one from the user's training run) so the file beside the
+    # solverstate is the one restored.
+    monkeypatch.chdir(tmp_path)
     net = caffe_pb2.NetParameter()
     text_format.Merge(open(os.path.join(d, 'lenet.prototxt')).read(), net)
     net.layer[0].input_param.shape[0].dim[0] = 8
