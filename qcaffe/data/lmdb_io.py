@@ -20,6 +20,7 @@ import weakref
 
 import numpy as np
 
+from ..io.blobproto import varint
 from ..io.errors import QcaffeError
 from ..log import get_logger
 from ..proto import caffe_pb2
@@ -61,19 +62,6 @@ def key_for(index, name=None):
 
 
 # --------------------------------------------------------------------- writing
-def _varint(value):
-    value &= (1 << 64) - 1  # negative int32 labels are 10-byte varints, as protobuf writes them
-    out = bytearray()
-    while True:
-        low = value & 0x7f
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
 def datum_bytes(array=None, label=0, encoded=None, float_data=None):
     """One serialized Datum.
 
@@ -353,7 +341,7 @@ def _fast_layout(first):
         return None
     size = len(d.data)
     head = caffe_pb2.Datum(channels=d.channels, height=d.height, width=d.width)
-    prefix = head.SerializeToString() + bytes([_DATA_TAG]) + _varint(size)
+    prefix = head.SerializeToString() + bytes([_DATA_TAG]) + varint(size)
     if not first.startswith(prefix):
         return None
     tail = first[len(prefix) + size:]

@@ -73,7 +73,9 @@ def blobproto_to_array(blob, return_diff=False):
     return np.array(values, dtype=np.float32).reshape(shape)
 
 
-def _varint(value):
+def varint(value):
+    """Protobuf's base-128 varint encoding of an int (what ``qcaffe.io.binary`` reads back)."""
+    value &= (1 << 64) - 1  # negative int32 labels are 10-byte varints, as protobuf writes them
     out = bytearray()
     while True:
         low = value & 0x7f
@@ -92,7 +94,7 @@ def _packed_float_field(field_number, array):
     raw = np.ascontiguousarray(array, dtype='<f4').tobytes()
     if not raw:
         return b''
-    return _varint(field_number << 3 | 2) + _varint(len(raw)) + raw
+    return varint(field_number << 3 | 2) + varint(len(raw)) + raw
 
 
 _DATA_FIELD = caffe_pb2.BlobProto.DESCRIPTOR.fields_by_name['data'].number
