@@ -505,6 +505,24 @@ def upgrade_net_batch_norm(net_param):
 # ---------------------------------------------------------------------------------------
 # The whole chain
 
+def _log_attempt(what, source):
+    log.info('Attempting to upgrade input file specified using deprecated %s: %s', what, source)
+
+
+def _replace_net(net_param, convert, source, what, problem):
+    """The V0 -> V1 and V1 -> V2 steps: ``convert`` builds a new NetParameter, copied over
+    ``net_param``; logs as Caffe does and returns whether every field was carried over."""
+    _log_attempt(what, source)
+    upgraded, ok = convert(net_param, source)
+    net_param.CopyFrom(upgraded)
+    if ok:
+        log.info('Successfully upgraded file specified using deprecated %s', what)
+    else:
+        log.error('Warning: had one or more problems upgrading %s (see above); '
+                  'continuing anyway.', problem)
+    return ok
+
+
 def upgrade_net_as_needed(net_param, source=''):
     """Apply every needed upgrade to ``net_param`` IN PLACE; return (net_param, fully_compatible).
 
@@ -516,41 +534,23 @@ def upgrade_net_as_needed(net_param, source=''):
     """
     ok = True
     if net_needs_v0_to_v1_upgrade(net_param):
-        log.info('Attempting to upgrade input file specified using deprecated '
-                 'V0LayerParameter: %s', source)
-        upgraded, v0_ok = upgrade_v0_net(net_param, source)
-        net_param.CopyFrom(upgraded)
-        if v0_ok:
-            log.info('Successfully upgraded file specified using deprecated V0LayerParameter')
-        else:
-            ok = False
-            log.error('Warning: had one or more problems upgrading V0NetParameter to '
-                      'NetParameter (see above); continuing anyway.')
+        ok = _replace_net(net_param, upgrade_v0_net, source, 'V0LayerParameter',
+                          'V0NetParameter to NetParameter') and ok
         log.warning('Note that future Caffe releases will not support V0NetParameter; use '
                     'upgrade_net_proto_text for prototxt and upgrade_net_proto_binary for '
                     'model weights to upgrade this and any other net protos to the new format.')
     if net_needs_data_upgrade(net_param):
-        log.info('Attempting to upgrade input file specified using deprecated '
-                 'transformation parameters: %s', source)
+        _log_attempt('transformation parameters', source)
         upgrade_net_data_transformation(net_param)
         log.info('Successfully upgraded file specified using deprecated data '
                  'transformation parameters.')
         log.warning('Note that future Caffe releases will only support transform_param '
                     'messages for transformation fields.')
     if net_needs_v1_to_v2_upgrade(net_param):
-        log.info('Attempting to upgrade input file specified using deprecated '
-                 'V1LayerParameter: %s', source)
-        upgraded, v1_ok = upgrade_v1_net(net_param, source)
-        net_param.CopyFrom(upgraded)
-        if v1_ok:
-            log.info('Successfully upgraded file specified using deprecated V1LayerParameter')
-        else:
-            ok = False
-            log.error('Warning: had one or more problems upgrading V1LayerParameter '
-                      '(see above); continuing anyway.')
+        ok = _replace_net(net_param, upgrade_v1_net, source, 'V1LayerParameter',
+                          'V1LayerParameter') and ok
     if net_needs_input_upgrade(net_param):
-        log.info('Attempting to upgrade input file specified using deprecated input '
-                 'fields: %s', source)
+        _log_attempt('input fields', source)
         upgrade_net_input(net_param, source)
         log.info('Successfully upgraded file specified using deprecated input fields.')
         log.warning('Note that future Caffe releases will only support input layers and '
