@@ -1,0 +1,69 @@
+"""Threaded batch/row splits (qcaffe.ops.parallel) give the same floats as one thread.
+
+The layer tests use small blobs, below ``parallel.MIN_ELEMENTS``, so they never take the split
+paths; here the threshold is lowered and 2-3 threads are forced (``QCAFFE_NUM_THREADS``).
+"""
+import numpy as np
+import pytest
+
+from qcaffe.blob import Blob
+from qcaffe.ops import parallel
+from qcaffe.testing import make_layer
+
+
+def _run(layer_type, shape, params, layout=None):
+    rng = np.random.default_rng(0)
+    layer = make_layer(layer_type, **params)
+    bottom, top = Blob(shape), Blob()
+    bottom.data[...] = rng.standard_normal(shape)
+    layer.setup([bottom], [top])
+    layer.reshape([bottom], [top])
+    if layout:
+        layer.layout = layout
+    for blob in layer.blobs:
+        blob.data[...] = rng.standard_normal(blob.shape) * 0.1
+    layer.forward([bottom], [top])
+    y = top.data.copy()
+    top.diff[...] = rng.standard_normal(top.shape)
+    for blob in layer.blobs:
+        blob.diff[...] = 0.5          # param diffs accumulate onto what is there
+    layer.backward([top], [True], [bottom])
+    return [y, bottom.diff.copy()] + [b.diff.copy() for b in layer.blobs]
+
+
+CASES = [
+    ('Convolution', (6, 9, 11, 10),
+     dict(convolution_param=dict(num_output=7, kernel_size=[3], pad=[1], stride=[2]))),
+    ('Convolution', (5, 8, 12, 12),
+     dict(convolution_param=dict(num_output=6, kernel_size=[5], dilation=[2], pad=[2]))),
+    ('Convolution', (7, 1, 14, 14), dict(convolution_param=dict(num_output=4, kernel_size=[5]))),
+    ('InnerProduct', (9, 3, 4, 5), dict(inner_product_param=dict(num_output=11))),
+    ('InnerProduct', (9, 60), dict(inner_product_param=dict(num_output=13, transpose=True))),
+]
+
+
+@pytest.mark.parametrize('layer_type,shape,params', CASES)
+@pytest.mark.parametrize('threads', [2, 3])
+def test_split_equals_one_thread(monkeypatch, layer_type, shape, params, threads):
+    monkeypatch.setenv('QCAFFE_NUM_THREADS', '1')
+    one = _run(layer_type, shape, params)
+    monkeypatch.setenv('QCAFFE_NUM_THREADS', str(threads))
+    monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
+    calls = []
+    real = parallel.run_parts
+    monkeypatch.setattr(parallel, 'run_parts',
+                        lambda bounds, *a, **k: (calls.append(len(bounds)), real(bounds, *a, **k)))
+    split = _run(layer_type, shape, params)
+    assert max(calls) > 1, 'the split path was not taken'
+    for a, b in zip(one, split):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('layer_type,shape,params', CASES[:2])
+def test_split_channels_last_matches_channels_first(monkeypatch, layer_type, shape, params):
+    monkeypatch.setenv('QCAFFE_NUM_THREADS', '2')
+    monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
+    nhwc = _run(layer_type, shape, params)
+    nchw = _run(layer_type, shape, params, layout='nchw')
+    for a, b in zip(nhwc, nchw):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
