@@ -109,6 +109,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------- running
+def add_level_stage_flags(parser):
+    """caffe.cpp's -level and -stage, the NetState flags of train, test and time."""
+    parser.add_flag('level', type=int, default=0, help='Optional; network level.')
+    parser.add_flag('stage', default='', help="Optional; network stages (not to be confused "
+                    "with phase), separated by ','.")
+
+
 def setup_logging():
     """glog-format logging on stderr, as Caffe's tools do (``FLAGS_alsologtostderr``)."""
     # 'from ..log import' (not 'from .. import log'): qcaffe.log is pycaffe's caffe.log()

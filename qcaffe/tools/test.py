@@ -10,8 +10,8 @@ import logging
 
 import numpy as np
 
-from . import (ArgumentParser, ToolError, parse_gpu_ids, require_file, require_flag,
-               run_main, split_list, use_single_device)
+from . import (ArgumentParser, ToolError, add_level_stage_flags, parse_gpu_ids, require_file,
+               require_flag, run_main, split_list, use_single_device)
 from ..backend import to_host
 from ..log import fmt
 from ..proto import caffe_pb2
@@ -25,9 +25,7 @@ def add_net_flags(parser):
     parser.add_flag('gpu', default='', help="Optional; run in GPU mode on the given device ID "
                     "(comma-separated ids use the first one; 'all' uses device 0).")
     parser.add_flag('iterations', type=int, default=50, help='The number of iterations to run.')
-    parser.add_flag('level', type=int, default=0, help='Optional; network level.')
-    parser.add_flag('stage', default='', help="Optional; network stages (not to be confused "
-                    "with phase), separated by ','.")
+    add_level_stage_flags(parser)
 
 
 def load_net(model, phase, level, stage):
@@ -38,6 +36,15 @@ def load_net(model, phase, level, stage):
     param = read_net_param(model)
     return Net.from_param(param, phase=phase, level=level, stages=split_list(stage),
                           source=model)
+
+
+def net_from_flags(args, phase):
+    """What test and time do once their own flags are checked: -iterations must be at least
+    1, -gpu picks the one device, then the -model net in ``phase`` with -level / -stage."""
+    if args.iterations < 1:
+        raise ToolError('--iterations must be at least 1, got %d' % args.iterations)
+    use_single_device(parse_gpu_ids(args.gpu))
+    return load_net(args.model, phase, args.level, args.stage)
 
 
 def load_weights(net, weights):
@@ -91,10 +98,7 @@ def build_parser(prog):
 def run(args):
     require_flag(args.model, 'model', 'a model definition to score')
     require_flag(args.weights, 'weights', 'model weights to score')
-    if args.iterations < 1:
-        raise ToolError('--iterations must be at least 1, got %d' % args.iterations)
-    use_single_device(parse_gpu_ids(args.gpu))
-    net = load_net(args.model, caffe_pb2.TEST, args.level, args.stage)
+    net = net_from_flags(args, caffe_pb2.TEST)
     load_weights(net, args.weights)
     log.info('Running for %d iterations.', args.iterations)
     loss, results = score(net, args.iterations)

@@ -11,9 +11,8 @@ what Caffe's event-based GPU timer measures.
 import logging
 import time as _time
 
-from . import (ArgumentParser, ToolError, parse_gpu_ids, require_flag, run_main, synchronize,
-               use_single_device)
-from .test import add_net_flags, load_net
+from . import ArgumentParser, ToolError, require_flag, run_main, synchronize
+from .test import add_net_flags, net_from_flags
 from ..log import fmt
 from ..proto import caffe_pb2
 
@@ -74,11 +73,7 @@ def run(args):
     require_flag(args.model, 'model', 'a model definition to time')
     if args.phase and args.phase not in PHASES:
         raise ToolError('--phase must be "TRAIN" or "TEST", got %r' % args.phase)
-    if args.iterations < 1:
-        raise ToolError('--iterations must be at least 1, got %d' % args.iterations)
-    phase = PHASES[args.phase or 'TRAIN']
-    use_single_device(parse_gpu_ids(args.gpu))
-    net = load_net(args.model, phase, args.level, args.stage)
+    net = net_from_flags(args, PHASES[args.phase or 'TRAIN'])
 
     # A clean forward and backward first, so buffers exist and timings are stable.
     log.info('Performing Forward')

@@ -16,7 +16,7 @@ solver polls its action function (Caffe's ``GetActionFunction``) once per iterat
 testing and acts on the answer ('stop', 'snapshot' or 'none').
 """
 import logging
-from . import ArgumentParser, ToolError, gpu_name, parse_gpu_ids, require_file, require_flag
+from . import ArgumentParser, ToolError, add_level_stage_flags, gpu_name, parse_gpu_ids, require_file, require_flag
 from . import run_main, select_gpu, split_list
 from ..proto import caffe_pb2
 
@@ -39,9 +39,7 @@ def build_parser(prog):
                     "separated by ','. Use '-gpu all' to run on all available GPUs.")
     parser.add_flag('iterations', type=int, default=None, help='Optional (qcaffe); train for '
                     'this many iterations in all instead of the solver\'s max_iter.')
-    parser.add_flag('level', type=int, default=0, help='Optional; network level.')
-    parser.add_flag('stage', default='', help="Optional; network stages (not to be confused "
-                    "with phase), separated by ','.")
+    add_level_stage_flags(parser)
     parser.add_flag('sigint_effect', default='stop', help='Optional; action to take when a '
                     'SIGINT signal is received: snapshot, stop or none.')
     parser.add_flag('sighup_effect', default='snapshot', help='Optional; action to take when '
