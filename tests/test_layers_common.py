@@ -6,33 +6,11 @@ layer with a backward goes through ``check_gradient`` (Caffe's GradientChecker a
 import numpy as np
 import pytest
 
-from qcaffe import backend
 from qcaffe.blob import Blob
 from qcaffe.layers.base import LayerError
 from qcaffe.testing import check_gradient, make_layer
 
-
-def blob(arr):
-    arr = np.asarray(arr, dtype=np.float32)
-    b = Blob(arr.shape)
-    b.data[...] = arr
-    return b
-
-
-def rand(*shape, seed=0):
-    return np.random.RandomState(seed).uniform(-1, 1, size=shape).astype(np.float32)
-
-
-def run(layer, bottoms, ntop=1):
-    tops = [Blob() for _ in range(ntop)]
-    layer.setup(bottoms, tops)
-    layer.forward(bottoms, tops)
-    return tops
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    backend.set_random_seed(1701)
+from layer_helpers import _seed, blob, rand, run  # noqa: F401 (_seed: autouse fixture)
 
 
 # ----------------------------------------------------------------------- InnerProduct

@@ -9,14 +9,9 @@ from qcaffe.layers import LayerError
 from qcaffe.proto import caffe_pb2
 from qcaffe.testing import check_gradient, make_layer
 
+from layer_helpers import blob
+
 FLT_MIN = np.finfo(np.float32).tiny
-
-
-def blob(values):
-    values = np.asarray(values, dtype=np.float32)
-    b = Blob(values.shape)
-    b.data[...] = values
-    return b
 
 
 def rs(seed):

@@ -9,17 +9,7 @@ from qcaffe.blob import Blob
 from qcaffe.layers import LayerError
 from qcaffe.testing import check_gradient, make_layer
 
-SHAPE = (2, 3, 4, 5)
-
-
-def blob(values):
-    b = Blob(values.shape)
-    b.data[...] = values
-    return b
-
-
-def randn(seed=0, shape=SHAPE):
-    return np.random.RandomState(seed).randn(*shape).astype(np.float32)
+from layer_helpers import blob, randn
 
 
 def away_from(x, points, margin=0.03):

@@ -8,19 +8,8 @@ from qcaffe.blob import Blob
 from qcaffe.layers import LayerError
 from qcaffe.testing import check_gradient, make_layer
 
+from layer_helpers import SHAPE, blob, randn
 from shared_data import require_shared
-
-SHAPE = (2, 3, 4, 5)
-
-
-def blob(values):
-    b = Blob(values.shape)
-    b.data[...] = values
-    return b
-
-
-def randn(seed=0, shape=SHAPE):
-    return np.random.RandomState(seed).randn(*shape).astype(np.float32)
 
 
 def run(layer, *xs, dy=None, in_place=False):

@@ -21,13 +21,8 @@ from qcaffe.net import Net
 from qcaffe.ops.im2col import ConvGeometry, col2im, im2col
 from qcaffe.proto import caffe_pb2
 from qcaffe.testing import check_gradient, make_layer
+from layer_helpers import blob as blob_of
 from shared_data import require_shared
-
-
-def blob_of(a):
-    b = Blob(a.shape)
-    b.data[...] = a
-    return b
 
 
 def run(layer, *arrays, ntop=1):
