@@ -9,6 +9,7 @@ import pytest
 
 import qcaffe as caffe
 from qcaffe import layers as L, params as P
+from netspec_helpers import lenet_layers
 from shared_data import require_shared
 
 N_TRAIN, N_TEST = 2000, 500
@@ -51,17 +52,7 @@ def lenet(lmdb, batch_size):
     n = caffe.NetSpec()
     n.data, n.label = L.Data(batch_size=batch_size, backend=P.Data.LMDB, source=lmdb,
                              transform_param=dict(scale=1. / 255), ntop=2)
-    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20,
-                            weight_filler=dict(type='xavier'))
-    n.pool1 = L.Pooling(n.conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
-    n.conv2 = L.Convolution(n.pool1, kernel_size=5, num_output=50,
-                            weight_filler=dict(type='xavier'))
-    n.pool2 = L.Pooling(n.conv2, kernel_size=2, stride=2, pool=P.Pooling.MAX)
-    n.fc1 = L.InnerProduct(n.pool2, num_output=500, weight_filler=dict(type='xavier'))
-    n.relu1 = L.ReLU(n.fc1, in_place=True)
-    n.score = L.InnerProduct(n.relu1, num_output=10, weight_filler=dict(type='xavier'))
-    n.loss = L.SoftmaxWithLoss(n.score, n.label)
-    return n.to_proto()
+    return lenet_layers(n, 'fc1', 'score')
 
 
 def test_learning_lenet_notebook(mnist_lmdbs):

@@ -11,6 +11,8 @@ import qcaffe as caffe
 from qcaffe import layers as L, params as P
 from qcaffe.proto import caffe_pb2
 
+from netspec_helpers import lenet_layers
+
 
 def lenet(batch_size):
     """Upstream test_net_spec.lenet (DummyData instead of a database)."""
@@ -18,17 +20,7 @@ def lenet(batch_size):
     n.data, n.label = L.DummyData(shape=[dict(dim=[batch_size, 1, 28, 28]),
                                          dict(dim=[batch_size, 1, 1, 1])],
                                   transform_param=dict(scale=1. / 255), ntop=2)
-    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=20,
-                            weight_filler=dict(type='xavier'))
-    n.pool1 = L.Pooling(n.conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
-    n.conv2 = L.Convolution(n.pool1, kernel_size=5, num_output=50,
-                            weight_filler=dict(type='xavier'))
-    n.pool2 = L.Pooling(n.conv2, kernel_size=2, stride=2, pool=P.Pooling.MAX)
-    n.ip1 = L.InnerProduct(n.pool2, num_output=500, weight_filler=dict(type='xavier'))
-    n.relu1 = L.ReLU(n.ip1, in_place=True)
-    n.ip2 = L.InnerProduct(n.relu1, num_output=10, weight_filler=dict(type='xavier'))
-    n.loss = L.SoftmaxWithLoss(n.ip2, n.label)
-    return n.to_proto()
+    return lenet_layers(n)
 
 
 def anon_lenet(batch_size):
