@@ -36,6 +36,12 @@ def run(layer, bottoms, ntop=1):
     return tops
 
 
+def run_arrays(layer, *arrays, ntop=1):
+    """setup + forward of ``layer`` on Blobs made from ``arrays``; returns (bottoms, tops)."""
+    bottoms = [blob(a) for a in arrays]
+    return bottoms, run(layer, bottoms, ntop)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     backend.set_random_seed(1701)

@@ -9,21 +9,13 @@ from qcaffe.layers import LayerError
 from qcaffe.proto import caffe_pb2
 from qcaffe.testing import check_gradient, make_layer
 
-from layer_helpers import blob
+from layer_helpers import blob, run_arrays as forward
 
 FLT_MIN = np.finfo(np.float32).tiny
 
 
 def rs(seed):
     return np.random.RandomState(seed)
-
-
-def forward(layer, *arrays, ntop=1):
-    bottoms = [blob(a) for a in arrays]
-    tops = [Blob() for _ in range(ntop)]
-    layer.setup(bottoms, tops)
-    layer.forward(bottoms, tops)
-    return bottoms, tops
 
 
 def np_softmax(x, axis):

@@ -21,16 +21,8 @@ from qcaffe.net import Net
 from qcaffe.ops.im2col import ConvGeometry, col2im, im2col
 from qcaffe.proto import caffe_pb2
 from qcaffe.testing import check_gradient, make_layer
-from layer_helpers import blob as blob_of
+from layer_helpers import blob as blob_of, run_arrays as run
 from shared_data import require_shared
-
-
-def run(layer, *arrays, ntop=1):
-    bottom = [blob_of(a) for a in arrays]
-    top = [Blob() for _ in range(ntop)]
-    layer.setup(bottom, top)
-    layer.forward(bottom, top)
-    return bottom, top
 
 
 # --------------------------------------------------------------------------- naive formulas
