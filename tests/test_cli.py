@@ -291,6 +291,14 @@ def test_gpu_flag_without_cupy(workdir, capsys):
 
 
 # ------------------------------------------------------------------------- processes
+def _read_until(proc, lines, marker):
+    """Append ``proc``'s stderr lines to ``lines`` up to the first one containing ``marker``."""
+    for line in proc.stderr:
+        lines.append(line)
+        if marker in line:
+            break
+
+
 def _env():
     env = dict(os.environ)
     env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
@@ -316,15 +324,9 @@ def test_signals_snapshot_then_stop(workdir):
                              'long.prototxt'], stderr=subprocess.PIPE, text=True, env=_env())
     lines = []
     try:
-        for line in proc.stderr:
-            lines.append(line)
-            if 'Iteration 100 (' in line:
-                break
+        _read_until(proc, lines, 'Iteration 100 (')
         proc.send_signal(signal.SIGHUP)
-        for line in proc.stderr:
-            lines.append(line)
-            if 'Snapshotting solver state' in line:
-                break
+        _read_until(proc, lines, 'Snapshotting solver state')
         proc.send_signal(signal.SIGINT)
         _, rest = proc.communicate(timeout=60)
         lines.append(rest)
@@ -347,10 +349,7 @@ def test_sigint_effect_none_keeps_training(workdir):
                             stderr=subprocess.PIPE, text=True, env=_env())
     lines = []
     try:
-        for line in proc.stderr:
-            lines.append(line)
-            if 'Iteration 50 (' in line:
-                break
+        _read_until(proc, lines, 'Iteration 50 (')
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)
         _, rest = proc.communicate(timeout=60)
