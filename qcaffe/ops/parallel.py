@@ -19,6 +19,15 @@ The same check sizes numpy's OpenBLAS thread pool (when numpy uses OpenBLAS, the
 OpenBLAS threads spin against them and a GEMM gets 10-80x slower (LeNet ip1 at batch 8:
 31 ms instead of 0.4 ms with 2 threads on a loaded 2-core machine), so qcaffe drops OpenBLAS to
 one thread while other processes keep the machine busy and restores its default when they stop.
+``QCAFFE_NUM_THREADS=n`` caps OpenBLAS at n threads as well.
+
+GEMM-heavy layers (Convolution, InnerProduct) use :func:`blas_split`: each thread takes a slice
+of the output rows (a slice of the batch through the whole transpose/im2col/GEMM chain) while
+OpenBLAS is held at one thread, so there is one hand-off per layer pass and never more busy
+threads than cores (OpenBLAS's own pool keeps spinning for a while after each GEMM, against the
+threads doing the memory-bound work).  Row slices of a GEMM give the same floats as the whole
+GEMM on one thread, so results do not depend on how many threads split it.  :func:`matmul` splits a
+stack of small matrices (below OpenBLAS's own threading threshold) over the batch.
 """
 import os
 import threading
@@ -239,7 +248,9 @@ def blas_split(n, work, elements, xp=np):
     """Like :func:`batch_split` for work that calls BLAS (``work(start, stop)``): threads split
     ``[0, n)`` and OpenBLAS stays at one thread meanwhile.  Only the main thread splits (it
     alone may resize OpenBLAS's pool); elsewhere the work runs whole."""
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or (xp is np and _openblas_funcs() is None)):
+        # a BLAS qcaffe cannot hold at one thread (MKL, Accelerate): let it thread itself
         work(0, n)
         return
     run_parts(split_bounds(n, elements, xp), lambda k, s, e: work(s, e), blas=True)
