@@ -13,7 +13,9 @@ geometry (blobs stay in Caffe's NCHW and weights in Caffe's (out, in/group, k...
 * channels-last ("nhwc", group 1 and C >= 8): the input is transposed to (N, *S, C), columns are
   (N*P, K*C) gathered in contiguous runs of ``kw*C`` floats, and the product is a single large
   GEMM ``(N*P, K*C) @ (K*C, O)`` -- about 2x faster than the channels-first gather + batched
-  GEMM on LeNet conv2.
+  GEMM on LeNet conv2.  On several idle cores each thread runs a slice of the batch through
+  the whole chain (``ops.parallel.blas_split``, OpenBLAS held at one thread meanwhile); the
+  channels-first per-image GEMMs are split the same way (``ops.parallel.matmul``).
 
 Without groups the bias rides in the GEMM (a ones row/column in the columns, the bias as an
 extra weight column).  The backward-data GEMM is done per kernel tap so that col2im scatters
