@@ -147,6 +147,17 @@ def _cap_blas(n):
     funcs[1](int(min(n, _blas_default())))
 
 
+def _usable_cores():
+    """Cores this process may run on (``taskset``/cgroup affinity), not the machine's count:
+    pinned to 2 of 16 cores, 4 threads would fight over 2."""
+    n = os.cpu_count() or 1
+    try:
+        n = min(n, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):   # no affinity API (macOS, Windows)
+        pass
+    return n
+
+
 def num_threads():
     env = os.environ.get('QCAFFE_NUM_THREADS')
     if env:
@@ -159,7 +170,7 @@ def num_threads():
             return n
     now = time.monotonic()
     if now - _idle['checked'] > 2.0:
-        cores = max(1, min(4, os.cpu_count() or 1))
+        cores = max(1, min(4, _usable_cores()))
         busy = _others_busy(cores)
         _idle['threads'] = 1 if busy else cores
         _idle['checked'] = now
