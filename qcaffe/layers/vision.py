@@ -30,7 +30,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..fillers import fill
 from ..ops import parallel
-from ..ops.im2col import ConvGeometry, col2im, im2col, split_axes, window_view
+from ..ops.im2col import ConvGeometry, col2im, im2col, padded, split_axes, window_view
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
 
@@ -267,8 +267,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 if self.layout == 'nhwc':
                     col = self._forward_nhwc(x[s:e], w, y[s:e], i)
                 else:
-                    col = self._columns(x[s:e], i)
-                    self._gemm_nchw(col, w, y[s:e])
+                    col = self._forward_nchw(x[s:e], w, y[s:e], i)
             self._cols[i] = col if self._keep_cols else None
             if not self.fold_bias:
                 self._add_bias(y)
@@ -311,30 +310,72 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self.blobs[1].mutable_dev_diff[...] += g[:, kc]
 
     # channels-first: W (G, O/G, C/G*K) @ columns (n, G, C/G*K, P) ---------------------------
-    def _gemm_nchw(self, col, w, y):
-        xp = get_array_module(col)
-        n, g = col.shape[0], self.group
-        parallel.matmul(w.reshape(g, self.num_output // g, -1), col,
-                        y.reshape(n, g, self.num_output // g, -1), xp)
+    # Each thread unrolls its slice of the batch and runs that slice's per-image GEMMs with
+    # OpenBLAS held at one thread (one hand-off per pass).  The per-image products are far
+    # too small for OpenBLAS to thread well (LeNet conv1: 20x26x576): letting it thread each
+    # of them cost more than it saved.
+    def _forward_nchw(self, x, w, y, i):
+        """x (n, C, *in) -> y (n, O, P); returns the (n, G, C/G*K [+1], P) columns."""
+        xp = get_array_module(x)
+        geom, n, g, c = self._geom, x.shape[0], self.group, self.channels
+        wg = w.reshape(g, self.num_output // g, -1)
+        yg = y.reshape(n, g, self.num_output // g, -1)
+        if self.is_1x1:
+            col = x.reshape(n, g, c // g, geom.out_count)
+            windows = cols = None
+        else:
+            ck, extra = c * geom.kernel_count, int(self.fold_bias)
+            buf = geom.buffer(('col', i), (n, ck + extra, geom.out_count), xp)
+            windows = window_view(padded(x, geom, 0.0), geom)       # (n, C, *k, *o)
+            cols = split_axes(buf[:, :ck], [n, (c,) + geom.kernel, geom.out_shape])
+            col = (buf.reshape(n, 1, ck + 1, -1) if extra
+                   else buf.reshape(n, g, c // g * geom.kernel_count, -1))
+
+        def work(s, e):
+            if cols is not None:
+                xp.copyto(cols[s:e], windows[s:e])
+                if self.fold_bias:
+                    buf[s:e, -1] = 1.0
+            xp.matmul(wg, col[s:e], out=yg[s:e])
+        parallel.blas_split(n, work, y.size + (0 if cols is None else buf.size), xp)
+        return col
 
     def _backward_nchw(self, dy, col, dx, need_w, need_b):
         xp = get_array_module(dy)
         geom, n, g = self._geom, dy.shape[0], self.group
         og = self.num_output // g
         dy4 = dy.reshape(n, g, og, -1)
-        if need_w or need_b:
+        need_g = need_w or need_b
+        if need_g:
             gws = geom.buffer('gw_nchw', (n, g, og, col.shape[-2]), xp)
-            parallel.matmul(dy4, col.swapaxes(-1, -2), gws, xp)
-            gw = gws.sum(axis=0)                                    # (G, O/G, C/G*K [+1])
-            self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
+            colt = col.swapaxes(-1, -2)
         if dx is not None:
             wt = self.weight(0).reshape(g, og, -1).swapaxes(-1, -2)
+            if not self.is_1x1:
+                dcol = geom.buffer('dcol_nchw', (n, g, wt.shape[-2], geom.out_count), xp)
+                acc = (geom.buffer('dx_nchw_pad', (n, self.channels) + geom.padded_shape, xp)
+                       if geom.needs_pad else None)
+        partial = {}
+
+        def work(s, e):
+            if need_g:
+                xp.matmul(dy4[s:e], colt[s:e], out=gws[s:e])
+                partial[s] = gws[s:e].sum(axis=0)                   # (G, O/G, C/G*K [+1])
+            if dx is None:
+                return
             if self.is_1x1:
-                xp.matmul(wt, dy4, out=dx.reshape(col.shape))
+                xp.matmul(wt, dy4[s:e], out=dx[s:e].reshape(col[s:e].shape))
             else:
-                dcol = xp.matmul(wt, dy4)
-                col2im(dcol.reshape((n, self.channels) + geom.kernel + geom.out_shape), geom,
-                       out=dx)
+                xp.matmul(wt, dy4[s:e], out=dcol[s:e])
+                col2im(dcol[s:e].reshape((e - s, self.channels) + geom.kernel
+                                         + geom.out_shape),
+                       geom, out=dx[s:e], acc=None if acc is None else acc[s:e])
+        parallel.blas_split(n, work, dy.size * max(1, col.shape[-2] // 4), xp)
+        if need_g:
+            gw = partial.pop(0)
+            for extra in partial.values():
+                gw += extra
+            self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
 
     # channels-last: one GEMM (n*P, K*C) @ (K*C, O) ------------------------------------------
     # Each thread takes a slice of the batch through the whole chain (transpose, im2col, GEMM
