@@ -37,6 +37,9 @@ CASES = [
     ('Convolution', (5, 8, 12, 12),
      dict(convolution_param=dict(num_output=6, kernel_size=[5], dilation=[2], pad=[2]))),
     ('Convolution', (7, 1, 14, 14), dict(convolution_param=dict(num_output=4, kernel_size=[5]))),
+    ('Convolution', (6, 4, 9, 9),
+     dict(convolution_param=dict(num_output=6, kernel_size=[3], group=2, pad=[1]))),
+    ('Convolution', (6, 4, 5, 5), dict(convolution_param=dict(num_output=3, kernel_size=[1]))),
     ('InnerProduct', (9, 3, 4, 5), dict(inner_product_param=dict(num_output=11))),
     ('InnerProduct', (9, 60), dict(inner_product_param=dict(num_output=13, transpose=True))),
 ]

@@ -355,12 +355,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 dcol = geom.buffer('dcol_nchw', (n, g, wt.shape[-2], geom.out_count), xp)
                 acc = (geom.buffer('dx_nchw_pad', (n, self.channels) + geom.padded_shape, xp)
                        if geom.needs_pad else None)
-        partial = {}
 
         def work(s, e):
             if need_g:
                 xp.matmul(dy4[s:e], colt[s:e], out=gws[s:e])
-                partial[s] = gws[s:e].sum(axis=0)                   # (G, O/G, C/G*K [+1])
             if dx is None:
                 return
             if self.is_1x1:
@@ -372,9 +370,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
                        geom, out=dx[s:e], acc=None if acc is None else acc[s:e])
         parallel.blas_split(n, work, dy.size * max(1, col.shape[-2] // 4), xp)
         if need_g:
-            gw = partial.pop(0)
-            for extra in partial.values():
-                gw += extra
+            # summed over the images after the join, in one order whatever the thread count
+            gw = gws.sum(axis=0)                                    # (G, O/G, C/G*K [+1])
             self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
 
     # channels-last: one GEMM (n*P, K*C) @ (K*C, O) ------------------------------------------
@@ -420,6 +417,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         geom, n, o, c = self._geom, dy.shape[0], self.num_output, self.channels
         p = geom.out_count
         dym = geom.buffer('dy_nhwc', (n * p, o), xp)
+        need_g = need_w or need_b
         if dx is not None:
             # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
             # (K, n*P, C), the layout col2im scatters fastest
@@ -429,10 +427,16 @@ class ConvolutionLayer(BaseConvolutionLayer):
             acc = (geom.buffer('dx_nhwc_pad', (n,) + geom.padded_shape + (c,), xp)
                    if geom.needs_pad else None)
             order = self._order_nchw()
+        # weight gradient (O, K*C [+1]): each thread's slice of the batch gives a partial sum
+        # over its rows, added up after the join (one pass over dy and the columns, while
+        # they are in cache, and one hand-off for the whole backward)
+        partial = {}
 
         def work(s, e):
             rows = slice(s * p, e * p)
             xp.copyto(dym[rows].reshape(e - s, p, o), dy[s:e].transpose(0, 2, 1))
+            if need_g:
+                partial[s] = xp.matmul(dym[rows].T, colm[rows])
             if dx is None:
                 return
             dc = dcol[:, rows]
@@ -441,13 +445,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
                    out=dxt[s:e], taps_first=True, acc=None if acc is None else acc[s:e])
             xp.copyto(dx[s:e], dxt[s:e].transpose(order))
         parallel.blas_split(n, work, dy.size * (1 + geom.kernel_count * c // 8), xp)
-        if need_w or need_b:
-            # weight gradient (O, K*C [+1]) split over its columns: every thread needs all of dy
-            g = geom.buffer('gw_nhwc', (o, colm.shape[1]), xp)
-
-            def wgrad(s, e):
-                xp.matmul(dym.T, colm[:, s:e], out=g[:, s:e])
-            parallel.blas_split(colm.shape[1], wgrad, colm.size, xp)
+        if need_g:
+            g = partial.pop(0)
+            for s in sorted(partial):
+                g += partial[s]
             self._accumulate_param_grads(g, need_w, need_b)
 
 
