@@ -378,7 +378,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
     # Each thread takes a slice of the batch through the whole chain (transpose, im2col, GEMM
     # on its rows, transpose back) with OpenBLAS held at one thread (ops.parallel.blas_split):
     # one hand-off per layer pass, every step on both cores, no BLAS pool spinning against the
-    # workers.  The rows of a GEMM split this way come out bit-identical to one GEMM.
+    # workers.
     def _order_nhwc(self):
         return (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
 

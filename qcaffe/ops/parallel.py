@@ -25,9 +25,16 @@ GEMM-heavy layers (Convolution, InnerProduct) use :func:`blas_split`: each threa
 of the output rows (a slice of the batch through the whole transpose/im2col/GEMM chain) while
 OpenBLAS is held at one thread, so there is one hand-off per layer pass and never more busy
 threads than cores (OpenBLAS's own pool keeps spinning for a while after each GEMM, against the
-threads doing the memory-bound work).  Row slices of a GEMM give the same floats as the whole
-GEMM on one thread, so results do not depend on how many threads split it.  :func:`matmul` splits a
-stack of small matrices (below OpenBLAS's own threading threshold) over the batch.
+threads doing the memory-bound work).  :func:`gemm` slices one 2-D product so that each
+thread repacks only the smaller operand; :func:`matmul` splits a stack of small matrices (below
+OpenBLAS's own threading threshold) over the batch.
+
+Results agree across thread counts to float rounding, not bit for bit: OpenBLAS may pick a
+different kernel for a smaller slice, and a weight gradient is summed per thread's slice of
+the batch.  Set ``QCAFFE_NUM_THREADS`` for bit-repeatable runs (the default follows the load).
+
+Workers are plain threads woken through bare locks (:class:`_Worker`), a few microseconds per
+hand-off instead of the 60-80 us of a ``concurrent.futures`` pool on the 2-core VM.
 """
 import os
 import threading
@@ -261,9 +268,7 @@ def run_parts(bounds, work, blas=False):
 
     ``blas=True``: the work calls BLAS.  OpenBLAS is then held at one thread until the parts
     finish, so each part's GEMMs run on the part's own core instead of every part waking the
-    BLAS pool (which would put twice as many busy threads as cores).  Splitting GEMMs over
-    the rows of their output gives the same floats as one GEMM: every output element is the
-    same dot product over the same K blocks.
+    BLAS pool (which would put twice as many busy threads as cores).
     """
     if len(bounds) > 1 and not _pool_busy.acquire(False):
         bounds = [(bounds[0][0], bounds[-1][1])]   # another thread is splitting: run whole
@@ -274,6 +279,20 @@ def run_parts(bounds, work, blas=False):
             _pool_busy.release()
         return
     work(0, *bounds[0])
+
+
+class _blas_held(object):
+    """Context: numpy's OpenBLAS at one thread inside, its previous count restored after."""
+
+    def __enter__(self):
+        funcs = _openblas_funcs()
+        self.prev = int(funcs[0]()) if funcs is not None else 1
+        if self.prev > 1:
+            funcs[1](1)
+
+    def __exit__(self, *exc):
+        if self.prev > 1:
+            _openblas_funcs()[1](self.prev)
 
 
 def _run_split(bounds, work, blas):
@@ -312,7 +331,16 @@ def blas_split(n, work, elements, xp=np):
         # a BLAS qcaffe cannot hold at one thread (MKL, Accelerate): let it thread itself
         work(0, n)
         return
-    run_parts(split_bounds(n, elements, xp), lambda k, s, e: work(s, e), blas=True)
+    bounds = split_bounds(n, elements, xp)
+    if len(bounds) == 1 and xp is np and num_threads() > 1:
+        # too small to split, but qcaffe's threads own the cores: keep OpenBLAS at one
+        # thread all the same.  A GEMM big enough for OpenBLAS to thread (LeNet ip2, 320k
+        # multiply-adds) wakes its pool, which then spins ~0.1 s -- through the whole next
+        # iteration -- against qcaffe's worker on the other core.
+        with _blas_held():
+            work(0, n)
+        return
+    run_parts(bounds, lambda k, s, e: work(s, e), blas=True)
 
 
 def batch_split(n, work, elements, xp=np):
