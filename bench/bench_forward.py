@@ -8,8 +8,9 @@ same definition inline otherwise), loads the trained weights when available, fil
 with MNIST-like data and times ``net.forward()`` (median and min over ``--runs`` after a
 warm-up).  ``--profile`` also prints the per-layer median (like ``caffe time``).  When PyTorch
 is importable the same network (conv-pool-conv-pool-ip-relu-ip-softmax) is timed with
-``torch.no_grad()`` for comparison, with its default threads; the two are timed alternately
-so the load of a shared machine falls on both alike (the load average is printed).
+``torch.no_grad()`` for comparison, with its default threads; the two are timed in
+alternating chunks of ``--chunk`` calls so the load of a shared machine falls on both alike
+(the load average is printed).
 """
 import argparse
 import os
@@ -110,18 +111,32 @@ def torch_lenet(batch):
     return run, 'PyTorch %s (%d threads)' % (torch.__version__, torch.get_num_threads())
 
 
-def interleaved_ms(fns, runs, warmup=10):
-    """Median and min ms of each function, timed alternately so that a shared machine's load
-    falls on all of them alike."""
+# untimed pause before each chunk: a spinning thread pool of the library timed before goes
+# to sleep first, so no chunk starts with the other library's threads on its cores
+SETTLE_S = 0.05
+
+
+def interleaved_ms(fns, runs, warmup=10, chunk=20):
+    """Median and min ms per call of each function, timed in alternating chunks of ``chunk``
+    calls, so that a shared machine's load falls on all of them alike.
+
+    Chunks, not single calls: after a parallel region PyTorch's OpenMP threads keep spinning
+    for milliseconds, and with single-call alternation that spin lands on the next qcaffe
+    forward and takes its second core (qcaffe's workers sleep when idle, so the reverse
+    does not happen); a short untimed pause precedes each chunk.  Timed call by call.
+    """
     for fn in fns:
         for _ in range(warmup):
             fn()
     times = [[] for _ in fns]
-    for _ in range(runs):
+    chunk = max(1, min(chunk, runs))
+    for _ in range(max(1, runs // chunk)):
         for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
+            time.sleep(SETTLE_S)
+            for _ in range(chunk):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
     return [(1e3 * float(np.median(ts)), 1e3 * float(np.min(ts))) for ts in times]
 
 
@@ -142,6 +157,8 @@ def main(argv=None):
     ap.add_argument('--runs', type=int, default=200)
     ap.add_argument('--profile', action='store_true', help='per-layer forward times')
     ap.add_argument('--no-torch', action='store_true')
+    ap.add_argument('--chunk', type=int, default=20,
+                    help='calls per alternating chunk (1: strict alternation)')
     ap.add_argument('--threads', type=int, default=None,
                     help='BLAS/torch threads for both (default: the libraries\' own)')
     args = ap.parse_args(argv)
@@ -157,7 +174,7 @@ def main(argv=None):
     print('LeNet forward, batch %d, %d runs, threads %s (%s), load average %s'
           % (args.batch, args.runs, args.threads or 'default', source,
              ' '.join('%.2f' % v for v in os.getloadavg())))
-    for name, (med, best) in zip(names, interleaved_ms(fns, args.runs)):
+    for name, (med, best) in zip(names, interleaved_ms(fns, args.runs, chunk=args.chunk)):
         print('  %-28s median %7.3f ms   min %7.3f ms' % (name, med, best))
     if args.profile:
         profile_layers(net, max(20, args.runs // 4))

@@ -90,15 +90,23 @@ def qcaffe_timing_solver(warmup, iters):
     return s
 
 
+# untimed pause before each chunk: PyTorch's OpenMP threads keep spinning for milliseconds
+# after its last step, which would otherwise take qcaffe's second core at the start of its
+# chunk (qcaffe's idle workers sleep, so the reverse does not happen)
+SETTLE_S = 0.05
+
+
 def alternate(steppers, iters, chunk):
     """ms/iteration of each ``step(n)`` callable, timed in alternating chunks.
 
     On a shared machine the load changes over seconds; alternating short chunks exposes both
-    sides to the same load, and the median chunk discards load spikes.
+    sides to the same load, and the median chunk discards load spikes.  Each chunk starts
+    after a short untimed pause (``SETTLE_S``), so neither starts under the other's spin.
     """
     times = [[] for _ in steppers]
     for _ in range(max(1, iters // chunk)):
         for k, step in enumerate(steppers):
+            time.sleep(SETTLE_S)
             t = time.perf_counter()
             step(chunk)
             times[k].append((time.perf_counter() - t) / chunk * 1000.0)
