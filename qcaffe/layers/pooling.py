@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
-from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_slices
+from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_indices, tap_slices
 from ..ops.parallel import batch_split
 from ..ops.parallel import copyto as parallel_copyto
 from ..proto import caffe_pb2
@@ -433,13 +433,13 @@ class PoolingLayer(Layer):
                         xp.multiply(g[s:e], eq[s:e], out=dst)
             batch_split(n, work, acc.size, xp)
         else:
-            taps = list(enumerate(kernel_taps(geom.kernel)))
+            taps = list(enumerate(tap_indices(geom, channels_last=False)))
 
             def work(s, e):
                 a, gs = acc[s:e], g[s:e]
                 a.fill(0)
-                for t, tap in taps:
-                    dst = a[(slice(None), slice(None)) + tap_slices(geom, tap)]
+                for t, (_, index) in taps:
+                    dst = a[index]
                     dst += gs if arg is None else gs * (arg[s:e] == t)
             batch_split(n, work, acc.size, xp)
         if geom.needs_pad:
