@@ -30,7 +30,8 @@ import numpy as np
 from ..backend import get_array_module
 from ..fillers import fill
 from ..ops import parallel
-from ..ops.im2col import ConvGeometry, col2im, im2col, padded, split_axes, window_view
+from ..ops.im2col import (ConvGeometry, col2im, im2col, padded, split_axes, tap_indices,
+                          window_view)
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
 
@@ -419,10 +420,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         dym = geom.buffer('dy_nhwc', (n * p, o), xp)
         need_g = need_w or need_b
         if dx is not None:
-            # per-tap weights (K, O, C): the GEMM then yields each tap's block contiguously
-            # (K, n*P, C), the layout col2im scatters fastest
-            wk = self.weight(0).reshape(o, c, -1).transpose(2, 0, 1)
-            dcol = geom.buffer('dcol_nhwc', (geom.kernel_count, n * p, c), xp)
+            # per-tap weights (K, O, C): tap t's input gradient is dy (rows, O) @ wk[t]
+            wk = xp.ascontiguousarray(self.weight(0).reshape(o, c, -1).transpose(2, 0, 1))
             dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (c,), xp)
             acc = (geom.buffer('dx_nhwc_pad', (n,) + geom.padded_shape + (c,), xp)
                    if geom.needs_pad else None)
@@ -439,10 +438,20 @@ class ConvolutionLayer(BaseConvolutionLayer):
                 partial[s] = xp.matmul(dym[rows].T, colm[rows])
             if dx is None:
                 return
-            dc = dcol[:, rows]
-            xp.matmul(dym[rows], wk, out=dc)
-            col2im(split_axes(dc, [geom.kernel, (e - s,) + geom.out_shape, c]), geom,
-                   out=dxt[s:e], taps_first=True, acc=None if acc is None else acc[s:e])
+            # col2im fused with the GEMM, one kernel tap at a time: the tap's (rows, C) block
+            # is added into its window while it is still in cache, instead of writing all
+            # K blocks (8 MB on LeNet conv2) and reading them back (~5 % faster, 2 threads)
+            a = acc[s:e] if acc is not None else dxt[s:e]
+            a.fill(0)
+            block = geom.buffer(('dx_tap', s), ((e - s) * p, c), xp)
+            window = block.reshape((e - s,) + geom.out_shape + (c,))
+            dyr = dym[rows]
+            for t, (_, index) in enumerate(tap_indices(geom, channels_last=True)):
+                xp.matmul(dyr, wk[t], out=block)
+                dst = a[index]
+                dst += window
+            if acc is not None:
+                dxt[s:e] = a[(slice(None),) + geom.interior() + (slice(None),)]
             xp.copyto(dx[s:e], dxt[s:e].transpose(order))
         parallel.blas_split(n, work, dy.size * (1 + geom.kernel_count * c // 8), xp)
         if need_g:
