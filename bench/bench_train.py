@@ -85,28 +85,31 @@ def qcaffe_solver(param_changes):
 
 def qcaffe_timing_solver(warmup, iters):
     s = qcaffe_solver({'test_interval': 0, 'test_iter': [], 'display': 0, 'snapshot': 0,
-                       'snapshot_after_train': False, 'max_iter': warmup + iters})
+                       'snapshot_after_train': False, 'max_iter': warmup + 2 * iters + 1000})
     s.step(warmup)
     return s
 
 
-# untimed pause before each chunk: PyTorch's OpenMP threads keep spinning for milliseconds
-# after its last step, which would otherwise take qcaffe's second core at the start of its
-# chunk (qcaffe's idle workers sleep, so the reverse does not happen)
+# Before each timed chunk: a short pause (PyTorch's OpenMP threads keep spinning for
+# milliseconds after its last step and would take qcaffe's second core) and a few untimed
+# iterations (both libraries' thread pools and caches back in their steady state, so a
+# chunk measures running, not waking up).
 SETTLE_S = 0.05
+WARM_ITERS = 3
 
 
 def alternate(steppers, iters, chunk):
     """ms/iteration of each ``step(n)`` callable, timed in alternating chunks.
 
-    On a shared machine the load changes over seconds; alternating short chunks exposes both
-    sides to the same load, and the median chunk discards load spikes.  Each chunk starts
-    after a short untimed pause (``SETTLE_S``), so neither starts under the other's spin.
+    On a shared machine the load changes over seconds; alternating chunks exposes both sides
+    to the same load, and the median chunk discards load spikes.  Each timed chunk follows
+    ``SETTLE_S`` of pause and ``WARM_ITERS`` untimed iterations of the same library.
     """
     times = [[] for _ in steppers]
     for _ in range(max(1, iters // chunk)):
         for k, step in enumerate(steppers):
             time.sleep(SETTLE_S)
+            step(WARM_ITERS)
             t = time.perf_counter()
             step(chunk)
             times[k].append((time.perf_counter() - t) / chunk * 1000.0)
@@ -233,7 +236,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--iters', type=int, default=200, help='timed iterations')
     ap.add_argument('--warmup', type=int, default=20)
-    ap.add_argument('--chunk', type=int, default=20, help='iterations per alternating chunk')
+    ap.add_argument('--chunk', type=int, default=50, help='iterations per alternating chunk')
     ap.add_argument('--full', action='store_true', help='also the full 10,000-iteration runs')
     ap.add_argument('--no-torch', action='store_true')
     ap.add_argument('--no-append', action='store_true', help='do not write bench/RESULTS.md')
