@@ -72,52 +72,34 @@ def test_split_channels_last_matches_channels_first(monkeypatch, layer_type, sha
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-SOLVER_NET = '''name: "ipnet"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 30 } } }
-layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
-layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-  param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
-  inner_product_param { num_output: 7 weight_filler { type: "gaussian" std: 0.1 }
-                        bias_filler { type: "constant" value: 0.1 } } }
-layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
-'''
-
-
-def _solver_params(solver_type):
-    from google.protobuf import text_format
-    from qcaffe.proto import caffe_pb2
-    from qcaffe.solvers import create_solver
-    p = caffe_pb2.SolverParameter()
-    text_format.Merge('base_lr: 0.05 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" '
-                      'max_iter: 10 random_seed: 3 display: 0', p)
-    p.type = solver_type
-    if solver_type in ('AdaGrad', 'RMSProp'):
-        p.momentum = 0
-    text_format.Merge(SOLVER_NET, p.net_param)
-    s = create_solver(p)
+def _solver_params(solver_type, tmp_path):
+    from test_solvers import ip_solver     # the solver tests' small InnerProduct net
+    s = ip_solver(tmp_path, solver_type=solver_type, batch=False)
     rng = np.random.default_rng(1)
-    s.net.blob_by_name('data').data[...] = rng.standard_normal((4, 30))
-    s.net.blob_by_name('label').data[...] = [0, 3, 6, 2]
+    data = s.net.blob_by_name('data')
+    data.data[...] = rng.standard_normal(data.shape)
+    s.net.blob_by_name('label').data[...] = rng.integers(0, 10, data.shape[0])
     s.step(3)
     return [blob.data.copy() for blob in s.net.learnable_params]
 
 
 @pytest.mark.parametrize('solver_type', ['SGD', 'Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta',
                                          'Adam'])
-def test_solver_update_split_in_slices_and_threads_is_identical(monkeypatch, solver_type):
+def test_solver_update_split_in_slices_and_threads_is_identical(monkeypatch, tmp_path,
+                                                               solver_type):
     """The update is shared out over threads in slices of Solver.CHUNK elements: element-wise,
     so any slicing and thread count give the very same floats."""
     from qcaffe.solvers.base import Solver
     monkeypatch.setenv('QCAFFE_NUM_THREADS', '1')
-    one = _solver_params(solver_type)
+    one = _solver_params(solver_type, tmp_path / 'one')
     monkeypatch.setenv('QCAFFE_NUM_THREADS', '3')
     monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
-    monkeypatch.setattr(Solver, 'CHUNK', 16)          # 210 weights: several slices a thread
+    monkeypatch.setattr(Solver, 'CHUNK', 512)         # 7840 weights: several slices a thread
     calls = []
     real = parallel.run_parts
     monkeypatch.setattr(parallel, 'run_parts',
                         lambda bounds, *a, **k: (calls.append(len(bounds)), real(bounds, *a, **k)))
-    split = _solver_params(solver_type)
+    split = _solver_params(solver_type, tmp_path / 'split')
     assert max(calls) > 1, 'the split path was not taken'
     for a, b in zip(one, split):
         np.testing.assert_array_equal(b, a)
