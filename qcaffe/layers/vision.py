@@ -13,13 +13,17 @@ geometry (blobs stay in Caffe's NCHW and weights in Caffe's (out, in/group, k...
 * channels-last ("nhwc", group 1 and C >= 8): the input is transposed to (N, *S, C), columns are
   (N*P, K*C) gathered in contiguous runs of ``kw*C`` floats, and the product is a single large
   GEMM ``(N*P, K*C) @ (K*C, O)`` -- about 2x faster than the channels-first gather + batched
-  GEMM on LeNet conv2.  On several idle cores each thread runs a slice of the batch through
-  the whole chain (``ops.parallel.blas_split``, OpenBLAS held at one thread meanwhile); the
-  channels-first per-image GEMMs are split the same way (``ops.parallel.matmul``).
+  GEMM on LeNet conv2.
+
+On several idle cores each thread runs a slice of the batch through the whole chain, in both
+layouts and both directions (``ops.parallel.blas_split``, OpenBLAS held at one thread
+meanwhile): one hand-off per layer pass; the weight gradient is summed over the threads'
+slices after the join.
 
 Without groups the bias rides in the GEMM (a ones row/column in the columns, the bias as an
-extra weight column).  The backward-data GEMM is done per kernel tap so that col2im scatters
-contiguous blocks.  Learnable blobs are read through ``self.weight(i)`` (compression seam);
+extra weight column).  The channels-last input gradient is computed one kernel tap at a time
+(``dy @ W_tap``, a contiguous (rows, C) block) and added into the tap's window at once, so no
+all-taps column buffer is written and read back.  Learnable blobs are read through ``self.weight(i)`` (compression seam);
 param diffs accumulate, bottom diffs are overwritten.  The forward's column buffer is kept for
 the weight gradient (Caffe recomputes im2col in backward; keeping it trades memory for one
 gather per iteration); above 256 MB of columns the batch is processed in slices and the

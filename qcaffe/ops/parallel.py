@@ -26,8 +26,7 @@ of the output rows (a slice of the batch through the whole transpose/im2col/GEMM
 OpenBLAS is held at one thread, so there is one hand-off per layer pass and never more busy
 threads than cores (OpenBLAS's own pool keeps spinning for a while after each GEMM, against the
 threads doing the memory-bound work).  :func:`gemm` slices one 2-D product so that each
-thread repacks only the smaller operand; :func:`matmul` splits a stack of small matrices (below
-OpenBLAS's own threading threshold) over the batch.
+thread repacks only the smaller operand.
 
 Results agree across thread counts to float rounding, not bit for bit: OpenBLAS may pick a
 different kernel for a smaller slice, and a weight gradient is summed per thread's slice of
@@ -381,34 +380,4 @@ def gemm(a, b, out, xp=np, acc=None):
             xp.matmul(*prod, out=tmp)
             dst += tmp
     blas_split(m if by_rows else n, work, m * n * a.shape[1] // 16, xp)
-    return out
-
-
-# OpenBLAS runs a GEMM of at most this many multiply-adds per thread on one thread
-# (SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD in interface/gemm.c)
-BLAS_SMP_MACS = 65536 * 4
-
-
-def matmul(a, b, out, xp=np):
-    """``xp.matmul(a, b, out=out)`` for a stack of matrices (leading batch axis of ``out``),
-    the stack split over threads when each product is too small for BLAS to thread.
-
-    numpy runs a stacked matmul as one BLAS call per matrix; below ~262k multiply-adds
-    OpenBLAS keeps each call on one core (LeNet conv1: 64 calls of 20x26x576), so without the
-    split those GEMMs never use the second core.  ``a`` or ``b`` may broadcast (batch axis 1).
-    Larger products are left to BLAS's own threads.
-    """
-    m, k = a.shape[-2], a.shape[-1]
-    macs = m * k * b.shape[-1]
-    if xp is not np or macs > BLAS_SMP_MACS or out.ndim < 3:
-        xp.matmul(a, b, out=out)
-        return out
-    n = out.shape[0]
-
-    def part(x, s, e):
-        return x if x.ndim < out.ndim or x.shape[0] == 1 else x[s:e]
-
-    def work(s, e):
-        xp.matmul(part(a, s, e), part(b, s, e), out=out[s:e])
-    batch_split(n, work, macs * n // 16, xp)
     return out
