@@ -89,6 +89,26 @@ def params_of(net):
             for li in range(len(net.layers)) for pid in range(len(net.layers[li].blobs))}
 
 
+def assert_resume_is_exact(make_solver, total, stop, detour):
+    """``make_solver(prefix)`` run ``total`` iterations in one go, and run ``stop``,
+    snapshotted, restored into a fresh solver of the same prefix that first took ``detour``
+    steps of its own, and finished: the weights must be bit-identical.  Returns the three
+    solvers."""
+    full = make_solver('full')
+    full.step(total)
+    first = make_solver('part')
+    first.step(stop)
+    state = first.snapshot()
+    assert os.path.exists(state + '.layers.npz')
+    resumed = make_solver('part')
+    resumed.step(detour)
+    resumed.restore(state)
+    resumed.step(total - stop)
+    for key, value in params_of(full.net).items():
+        np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
+    return full, first, resumed
+
+
 def assert_close(actual, expected, what, tol=1e-5):
     err = np.max(np.abs(np.asarray(actual, np.float64) - expected)) if np.size(expected) else 0
     scale = max(1.0, float(np.max(np.abs(expected)))) if np.size(expected) else 1.0
@@ -756,19 +776,8 @@ def test_resume_with_an_lmdb_data_layer_sees_the_same_batches(tmp_path):
                           'snapshot_prefix: "%s"' % (tmp_path / prefix), p)
         text_format.Merge(net, p.net_param)
         return create_solver(p)
-    full = solver('full')
-    full.step(7)
-    first = solver('part')
-    first.step(3)
-    state = first.snapshot()
-    assert os.path.exists(state + '.layers.npz')
-    resumed = solver('part')
-    resumed.step(2)             # consume other batches first: the restore must reposition
-    resumed.restore(state)
-    resumed.step(4)
-    for key, value in params_of(full.net).items():
-        np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
-    for s in (full, first, resumed):
+    # the resumed solver consumes other batches first: the restore must reposition
+    for s in assert_resume_is_exact(solver, total=7, stop=3, detour=2):
         s.net.layers[0].stop_prefetch()
 
 
@@ -790,18 +799,8 @@ def test_resume_with_dropout_is_bitwise_equal(tmp_path):
         s = create_solver(p)
         feed(s.net, np.load(os.path.join(ref_dir(), 'batch.npz')))
         return s
-    full = solver('a')
-    full.step(6)
-    first = solver('b')
-    first.step(3)
-    state = first.snapshot()
-    assert os.path.exists(state + '.layers.npz')
-    resumed = solver('b')
-    resumed.step(1)             # draws other masks first: the restore must rewind the RNG
-    resumed.restore(state)
-    resumed.step(3)
-    for key, value in params_of(full.net).items():
-        np.testing.assert_array_equal(params_of(resumed.net)[key], value, err_msg=str(key))
+    # the resumed solver draws other masks first: the restore must rewind the RNG
+    assert_resume_is_exact(solver, total=6, stop=3, detour=1)
 
 
 @pytest.mark.parametrize('solver_type', sorted(SOLVERS))

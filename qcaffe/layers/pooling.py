@@ -201,22 +201,18 @@ class PoolingLayer(Layer):
         # pass then runs on data already reduced kh-fold
         v = geom.buffer('vmax', (xpad.shape[0], xpad.shape[1], ph, xpad.shape[3]), xp)
 
+        def max_into(out, views):
+            if len(views) == 1:
+                xp.copyto(out, views[0])
+                return
+            xp.maximum(views[0], views[1], out=out)
+            for view in views[2:]:
+                xp.maximum(out, view, out=out)
+
         def work(s, e):
-            rows = [xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh, :] for i in range(kh)]
-            vs, ys = v[s:e], y[s:e]
-            if kh == 1:
-                xp.copyto(vs, rows[0])
-            else:
-                xp.maximum(rows[0], rows[1], out=vs)
-                for r in rows[2:]:
-                    xp.maximum(vs, r, out=vs)
-            cols = [vs[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
-            if kw == 1:
-                xp.copyto(ys, cols[0])
-            else:
-                xp.maximum(cols[0], cols[1], out=ys)
-                for cv in cols[2:]:
-                    xp.maximum(ys, cv, out=ys)
+            vs = v[s:e]
+            max_into(vs, [xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh, :] for i in range(kh)])
+            max_into(y[s:e], [vs[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)])
         batch_split(y.shape[0], work, xpad.size, xp)
 
     def _max_argmax(self, x, y):

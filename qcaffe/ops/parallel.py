@@ -35,6 +35,7 @@ the batch.  Set ``QCAFFE_NUM_THREADS`` for bit-repeatable runs (the default foll
 Workers are plain threads woken through bare locks (:class:`_Worker`), a few microseconds per
 hand-off instead of the 60-80 us of a ``concurrent.futures`` pool on the 2-core VM.
 """
+import contextlib
 import os
 import threading
 import time
@@ -295,11 +296,7 @@ class _blas_held(object):
 
 
 def _run_split(bounds, work, blas):
-    funcs = _openblas_funcs() if blas else None
-    prev = int(funcs[0]()) if funcs is not None else 1
-    if prev > 1:
-        funcs[1](1)
-    try:
+    with _blas_held() if blas else contextlib.nullcontext():
         workers = _pool(len(bounds) - 1)
         for k, (worker, (s, e)) in enumerate(zip(workers, bounds[1:]), 1):
             worker.start(lambda k=k, s=s, e=e: work(k, s, e))
@@ -316,9 +313,6 @@ def _run_split(bounds, work, blas):
                     errors.append(exc)
         if errors:
             raise errors[0]
-    finally:
-        if prev > 1:
-            funcs[1](prev)
 
 
 def blas_split(n, work, elements, xp=np):
