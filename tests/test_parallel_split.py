@@ -3,6 +3,8 @@
 The layer tests use small blobs, below ``parallel.MIN_ELEMENTS``, so they never take the split
 paths; here the threshold is lowered and 2-3 threads are forced (``QCAFFE_NUM_THREADS``).
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,56 @@ def test_solver_update_split_in_slices_and_threads_is_identical(monkeypatch, tmp
     assert max(calls) > 1, 'the split path was not taken'
     for a, b in zip(one, split):
         np.testing.assert_array_equal(b, a)
+
+
+# ------------------------------------------------------------------ the worker pool itself
+def _split_sum(n=3):
+    """Every slice of [0, 3000) summed by its own thread; returns (sums, thread names)."""
+    out, names = {}, {}
+
+    def work(k, s, e):
+        out[k] = sum(range(s, e))
+        import threading
+        names[k] = threading.current_thread().name
+    parallel.run_parts([(1000 * k, 1000 * (k + 1)) for k in range(n)], work)
+    return out, names
+
+
+@pytest.mark.parametrize('spin', [True, False])
+def test_pool_hands_slices_to_workers_and_reraises_their_errors(monkeypatch, spin):
+    if spin and parallel._spinlocks() is None:
+        pytest.skip('no pthread spinlocks in this libc')
+    if not spin:   # the portable hand-off (plain locks): what macOS/Windows get
+        monkeypatch.setattr(parallel, '_spin', {'funcs': None})
+        monkeypatch.setitem(parallel._pool_state, 'workers', [])  # a fresh pool, and the
+        monkeypatch.setitem(parallel._pool_state, 'pid', os.getpid())   # old one back after
+    sums, names = _split_sum()
+    assert sums == {k: sum(range(1000 * k, 1000 * (k + 1))) for k in range(3)}
+    assert names[0] == 'MainThread' and names[1] == names[2] == 'qcaffe-worker'
+    assert all(w.spinning == spin for w in parallel._pool_state['workers'])
+
+    def fail(k, s, e):
+        if k == 2:
+            raise ValueError('slice %d failed' % k)
+    with pytest.raises(ValueError, match='slice 2 failed'):
+        parallel.run_parts([(0, 1), (1, 2), (2, 3)], fail)
+    assert _split_sum()[0][2] == sum(range(2000, 3000))    # the pool still works
+
+
+def test_spinning_workers_park_when_idle_and_stop_using_cpu(monkeypatch):
+    """Workers busy-wait (GIL released) only for SPIN_S after a split, then block on a
+    lock: an idle qcaffe process does not keep its cores busy."""
+    if parallel._spinlocks() is None:
+        pytest.skip('no pthread spinlocks in this libc')
+    import time
+    _split_sum()
+    workers = parallel._pool_state['workers']
+    assert workers and all(w.spinning for w in workers)
+    assert any(not w.parked for w in workers)          # spinning right after the split
+    time.sleep(parallel.SPIN_S * 3 + 0.1)
+    assert all(w.parked for w in workers)
+    t = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - t < 0.1               # spinning would use ~0.6 s of CPU
+    sums, _ = _split_sum()                             # parked workers wake for the next one
+    assert sums[1] == sum(range(1000, 2000))

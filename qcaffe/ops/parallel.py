@@ -44,8 +44,6 @@ import numpy as np
 
 MIN_ELEMENTS = 1 << 16   # per call: smaller jobs are not worth a thread hand-off
 
-_workers = []
-_workers_pid = None
 _pool_busy = threading.Lock()   # one splitting caller at a time; others run unsplit
 _local = threading.local()
 
@@ -183,19 +181,84 @@ def num_threads():
     return _idle['threads']
 
 
-class _Worker(object):
-    """One pool thread, handed jobs through two bare locks.
+# How long idle workers keep spinning after a split before they park (block on a lock):
+# ``QCAFFE_SPIN_MS`` (0 = never spin).  OpenMP runtimes do the same (GOMP/KMP block time).
+SPIN_S = max(0.0, float(os.environ.get('QCAFFE_SPIN_MS', '50') or 0) / 1000.0)
 
-    A raw ``threading.Lock`` hand-off wakes the thread in a few microseconds; a
-    ``concurrent.futures`` pool (queue, future, condition) took 60-80 us per hand-off on the
-    2-core VM, which a LeNet step pays about twenty times.
+
+def _find_spinlocks():
+    """(lock, unlock, init) of libc's pthread spinlocks through ctypes, or None (macOS,
+    Windows).  A ctypes call releases the GIL, so a thread spinning in ``pthread_spin_lock``
+    keeps its core awake without holding up the Python threads."""
+    import ctypes
+    import ctypes.util
+    for name in (None, 'libc.so.6', ctypes.util.find_library('pthread')):
+        try:
+            lib = ctypes.CDLL(name)
+            funcs = (lib.pthread_spin_lock, lib.pthread_spin_unlock, lib.pthread_spin_init)
+        except (OSError, AttributeError, TypeError):
+            continue
+        for f in funcs:
+            f.argtypes = [ctypes.c_void_p] + ([ctypes.c_int] if f is funcs[2] else [])
+            f.restype = ctypes.c_int
+        return funcs
+    return None
+
+
+_spin = {'funcs': False}
+
+
+def _spinlocks():
+    if _spin['funcs'] is False:
+        try:
+            _spin['funcs'] = _find_spinlocks() if SPIN_S > 0 else None
+        except Exception:   # any platform oddity: plain locks
+            _spin['funcs'] = None
+    return _spin['funcs']
+
+
+class _SpinGate(object):
+    """A pthread spinlock with ``threading.Lock``'s acquire/release: ``acquire()`` busy-waits
+    in C (GIL released) until another thread calls ``release()``.  Glibc's spinlock has no
+    owner, so one thread may close the gate and another open it, as with a bare Lock."""
+
+    def __init__(self, funcs):
+        import ctypes
+        self._lock, self._unlock, init = funcs
+        self._word = ctypes.c_int(0)
+        self._ptr = ctypes.addressof(self._word)
+        init(self._ptr, 0)
+
+    def acquire(self):
+        self._lock(self._ptr)
+
+    def release(self):
+        self._unlock(self._ptr)
+
+
+class _Worker(object):
+    """One pool thread, handed jobs through two gates (``go``, ``done``), both closed at rest.
+
+    A hand-off through bare ``threading.Lock`` s costs a few microseconds of Python, but on a
+    VM a sleeping thread's virtual CPU halts, and waking it again took ~0.3 ms -- at the start
+    of a split (the worker) and at its join (the caller), ~20 times per LeNet step.  So where
+    libc has pthread spinlocks the gates are spinlocks: the idle worker and the joining caller
+    busy-wait in C with the GIL released and their cores stay awake (2-core VM: conv2's
+    backward 6.7 -> 5.4 ms, 15 % off a LeNet step).  The pool's parker thread parks workers
+    idle for ``SPIN_S`` on an ordinary lock, so an idle process does not burn its cores.
     """
 
     def __init__(self):
-        self._go = threading.Lock()
+        funcs = _spinlocks()
+        self.spinning = funcs is not None
+        gate = (lambda: _SpinGate(funcs)) if self.spinning else threading.Lock
+        self._go = gate()
         self._go.acquire()
-        self._done = threading.Lock()
+        self._done = gate()
         self._done.acquire()
+        self._park = threading.Lock()
+        self._park.acquire()
+        self.parked = False
         self._job = None
         self._error = None
         thread = threading.Thread(target=self._loop, name='qcaffe-worker', daemon=True)
@@ -213,6 +276,8 @@ class _Worker(object):
             self._done.release()
 
     def start(self, job):
+        if self.parked:
+            self.unpark()
         self._job = job
         self._go.release()
 
@@ -222,15 +287,58 @@ class _Worker(object):
         if error is not None:
             raise error
 
+    def park(self):
+        """Stop spinning: the worker blocks on a lock until the next :meth:`start`."""
+        if self.spinning and not self.parked:
+            self.parked = True
+            self._job = self._park.acquire
+            self._go.release()
+
+    def unpark(self):
+        self._park.release()
+        self.wait()
+        self.parked = False
+        _pool_state['unparked'].set()
+
+
+# the pool: its workers, the pid that made them (a forked child makes its own), the time of
+# the last split, and the parker's wake-up event (set while some worker spins)
+_pool_state = {'workers': [], 'pid': None, 'last_split': 0.0, 'unparked': threading.Event()}
+
+
+def _parker():
+    """Park the workers once no split has run for ``SPIN_S`` (daemon thread)."""
+    state = _pool_state
+    while True:
+        state['unparked'].wait()
+        idle = time.monotonic() - state['last_split']
+        if idle < SPIN_S:
+            time.sleep(SPIN_S - idle)
+            continue
+        if not _pool_busy.acquire(False):     # a split is running: not idle after all
+            time.sleep(SPIN_S)
+            continue
+        try:
+            if time.monotonic() - state['last_split'] >= SPIN_S:
+                for worker in state['workers']:
+                    worker.park()
+                state['unparked'].clear()
+        finally:
+            _pool_busy.release()
+
 
 def _pool(n):
     """``n`` workers (a forked child inherits the objects but not the threads: new ones)."""
-    global _workers, _workers_pid
-    if _workers_pid != os.getpid():
-        _workers, _workers_pid = [], os.getpid()
-    while len(_workers) < n:
-        _workers.append(_Worker())
-    return _workers[:n]
+    state = _pool_state
+    if state['pid'] != os.getpid():
+        state.update(workers=[], pid=os.getpid(), unparked=threading.Event())
+    workers = state['workers']
+    while len(workers) < n:
+        workers.append(_Worker())
+        if len(workers) == 1 and workers[0].spinning:
+            state['unparked'].set()
+            threading.Thread(target=_parker, name='qcaffe-parker', daemon=True).start()
+    return workers[:n]
 
 
 def split_bounds(n, elements, xp=np):
@@ -311,6 +419,7 @@ def _run_split(bounds, work, blas):
                     worker.wait()
                 except BaseException as exc:
                     errors.append(exc)
+            _pool_state['last_split'] = time.monotonic()
         if errors:
             raise errors[0]
 
