@@ -6,11 +6,14 @@ Usage:  python bench/bench_train.py [--iters 200] [--warmup 20] [--full] [--no-t
 * ms/iteration at batch 64: the solver of examples/mnist/lenet_solver.prototxt (LMDB Data
   layer with prefetch, SGD momentum 0.9, weight decay 5e-4, ``inv`` policy) stepping
   ``--iters`` iterations after ``--warmup``, testing and display switched off, timed in
-  chunks alternating with PyTorch (median chunk); PyTorch runs the identical LeNet (conv 20x5x5, max pool 2, conv 50x5x5, max pool 2, ip 500, ReLU, ip 10,
-  softmax loss, Xavier init, bias lr x2) on the same images in the same order.
+  chunks alternating with PyTorch (median chunk); PyTorch runs the identical LeNet (conv
+  20x5x5, max pool 2, conv 50x5x5, max pool 2, ip 500, ReLU, ip 10, softmax loss, Xavier
+  init, bias lr x2) on the same images in the same order.
 * ``--full``: the whole 10,000-iteration run as ``qcaffe train`` does it (test on the 10,000
   test images every 500 iterations, snapshots at 5000 and 10000 into a temporary folder),
-  wall time and final test accuracy, and the same schedule in PyTorch.
+  wall time and final test accuracy, and the same schedule in PyTorch.  The two runs go side
+  by side in alternating 500-iteration segments (each with its test), and each run's wall
+  time is the sum of its own segments, so both see the same machine.
 
 The LMDBs are the ones of examples/mnist (built from $QCAFFE_MNIST_DIR, --mnist or
 ../shared/data/mnist when missing).  Results are printed and appended to bench/RESULTS.md with
@@ -116,12 +119,21 @@ def alternate(steppers, iters, chunk):
     return [float(np.median(t)) for t in times]
 
 
-def qcaffe_full(prefix):
+def qcaffe_full(prefix, segment=500):
+    """The 10,000-iteration run of ``qcaffe train`` in segments: a generator that runs the next
+    ``segment`` iterations (with the test and snapshots ``Solver.step`` does on the way) per
+    ``next()``, and finally the end of ``Solver.solve`` (display forward and the last test);
+    it returns the final test accuracy."""
     s = qcaffe_solver({'snapshot_prefix': prefix})
-    t = time.perf_counter()
-    s.solve()
-    seconds = time.perf_counter() - t
-    return seconds, qcaffe_test_accuracy(s)
+    p = s.param
+    while s.iter < p.max_iter:
+        s.step(min(segment, p.max_iter - s.iter))
+        yield
+    if p.display and s.iter % p.display == 0:     # the tail of Solver.solve
+        s.net.forward_prefilled()
+    s.test_all()
+    yield
+    return qcaffe_test_accuracy(s)
 
 
 def qcaffe_test_accuracy(solver):
@@ -206,14 +218,39 @@ class TorchRun(object):
                 correct += int((out.argmax(1) == self.test_y[i:i + 100]).sum())
         return correct / len(self.test_y)
 
-    def full(self, max_iter=10000, test_interval=500):
-        t = time.perf_counter()
+    def full(self, max_iter=10000, test_interval=500, segment=500):
+        """The same schedule as qcaffe's run, as a generator of segments (see qcaffe_full)."""
         while self.it < max_iter:
             if self.it % test_interval == 0:
                 self.accuracy()
             self.step(1)
+            if self.it % segment == 0:
+                yield
         acc = self.accuracy()
-        return time.perf_counter() - t, acc
+        yield
+        return acc
+
+
+def interleave(runs):
+    """Advance the generators ``runs`` one segment each in turn, each segment after an
+    untimed ``SETTLE_S`` pause, until all are done; returns [(seconds, result)] with each
+    run's seconds summed over its own segments.  Side by side like this, both runs see the
+    same machine: its speed drifts by 10-20 % over minutes, which decided the ratio when the
+    runs went one after the other."""
+    seconds = [0.0] * len(runs)
+    results = [None] * len(runs)
+    live = set(range(len(runs)))
+    while live:
+        for k in sorted(live):
+            time.sleep(SETTLE_S)
+            t = time.perf_counter()
+            try:
+                next(runs[k])
+            except StopIteration as stop:
+                results[k] = stop.value
+                live.discard(k)
+            seconds[k] += time.perf_counter() - t
+    return list(zip(seconds, results))
 
 
 # ---------------------------------------------------------------------------- report
@@ -265,15 +302,14 @@ def main():
     print('partial:', rows[-1], flush=True)  # long --full runs: keep what was measured
     if args.full:
         with tempfile.TemporaryDirectory() as tmp:
-            q_s, q_acc = qcaffe_full(os.path.join(tmp, 'lenet'))
-        rows.append(('10,000-iteration run, wall s (tests every 500)', q_s))
-        rows.append(('final test accuracy', q_acc))
-        print('partial: qcaffe 10k run %.1f s, accuracy %.4f' % (q_s, q_acc), flush=True)
-        if torch is not None:
-            run = TorchRun(torch, load_arrays(folder, 'train'), load_arrays(folder, 'test'))
-            t_s, t_acc = run.full()
-            rows[-2] += (t_s,)
-            rows[-1] += (t_acc,)
+            runs = [qcaffe_full(os.path.join(tmp, 'lenet'))]
+            if torch is not None:
+                runs.append(TorchRun(torch, load_arrays(folder, 'train'),
+                                     load_arrays(folder, 'test')).full())
+            done = interleave(runs)
+        rows.append(('10,000-iteration run, wall s (tests every 500; run side by side in '
+                     '500-iteration segments)',) + tuple(sec for sec, _ in done))
+        rows.append(('final test accuracy',) + tuple(acc for _, acc in done))
 
     header = '| measure | qcaffe | PyTorch %s | qcaffe / PyTorch |' % (
         torch.__version__ if torch is not None else '(not installed)')
