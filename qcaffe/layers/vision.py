@@ -23,8 +23,8 @@ slices after the join.
 Without groups the bias rides in the GEMM (a ones row/column in the columns, the bias as an
 extra weight column).  The channels-last input gradient is computed one kernel tap at a time
 (``dy @ W_tap``, a contiguous (rows, C) block) and added into the tap's window at once, so no
-all-taps column buffer is written and read back.  Learnable blobs are read through ``self.weight(i)`` (compression seam);
-param diffs accumulate, bottom diffs are overwritten.  The forward's column buffer is kept for
+all-taps column buffer is written and read back.  Learnable blobs are read through
+``self.weight(i)`` (compression seam); param diffs accumulate, bottom diffs are overwritten.  The forward's column buffer is kept for
 the weight gradient (Caffe recomputes im2col in backward; keeping it trades memory for one
 gather per iteration); above 256 MB of columns the batch is processed in slices and the
 columns are rebuilt in backward, as Caffe does.

@@ -208,23 +208,17 @@ def im2col(x, geom, out=None, channels_last=False):
     return out
 
 
-def col2im(col, geom, out=None, channels_last=False, taps_first=False, acc=None):
+def col2im(col, geom, out=None, channels_last=False, acc=None):
     """Adjoint of :func:`im2col`: sum every column entry back onto its input position.
 
-    ``col`` is (N, C, *kernel, *out), or with ``channels_last`` (N, *out, *kernel, C), or with
-    ``taps_first`` (and channels_last) (*kernel, N, *out, C) -- that last layout makes every
-    tap's block contiguous, which is what a GEMM against per-tap weights produces and is the
-    fastest to scatter.  Returns ``out`` of shape (N, C, *in) (or (N, *in, C)), overwritten.
+    ``col`` is (N, C, *kernel, *out), or with ``channels_last`` (N, *out, *kernel, C).
+    Returns ``out`` of shape (N, C, *in) (or (N, *in, C)), overwritten.
     ``acc``: the padded accumulator to use when there is padding (default: one cached on
     ``geom``; callers running col2im on batch slices in threads pass their own slice).
     """
     xp = get_array_module(col)
     nsp = geom.nsp
-    if taps_first:
-        channels_last = True
-        n, c = col.shape[nsp], col.shape[-1]
-        col = col.reshape(geom.kernel + (n,) + geom.out_shape + (c,))
-    elif channels_last:
+    if channels_last:
         n, c = col.shape[0], col.shape[-1]
         col = col.reshape((n,) + geom.out_shape + geom.kernel + (c,))
     else:
@@ -250,9 +244,7 @@ def col2im(col, geom, out=None, channels_last=False, taps_first=False, acc=None)
         a = acc[s:e]
         a.fill(0)
         for tap, index in taps:
-            if taps_first:
-                src = col[tap + (slice(s, e),)]
-            elif channels_last:
+            if channels_last:
                 src = col[(slice(s, e),) + (slice(None),) * nsp + tap]
             else:
                 src = col[(slice(s, e), slice(None)) + tap]

@@ -245,10 +245,10 @@ class _Worker(object):
 
     A hand-off through bare ``threading.Lock`` s costs a few microseconds of Python, but on a
     VM a sleeping thread's virtual CPU halts, and waking it again took ~0.3 ms -- at the start
-    of a split (the worker) and at its join (the caller), ~20 times per LeNet step.  So where
+    of a split (the worker) and at its join (the caller), 12 splits per LeNet step.  So where
     libc has pthread spinlocks the gates are spinlocks: the idle worker and the joining caller
     busy-wait in C with the GIL released and their cores stay awake (2-core VM: conv2's
-    backward 6.7 -> 5.4 ms, 15 % off a LeNet step).  The pool's parker thread parks workers
+    backward split 6.7 -> 5.2 ms; a LeNet step 0.90-0.99x in A/B runs).  The pool's parker thread parks workers
     idle for ``SPIN_S`` on an ordinary lock, so an idle process does not burn its cores.
     """
 
