@@ -162,3 +162,11 @@ def test_spinning_workers_park_when_idle_and_stop_using_cpu(monkeypatch):
     assert time.process_time() - t < 0.1               # spinning would use ~0.6 s of CPU
     sums, _ = _split_sum()                             # parked workers wake for the next one
     assert sums[1] == sum(range(1000, 2000))
+
+
+def test_spin_time_from_the_environment_and_a_bad_value_named():
+    assert parallel._spin_seconds('50') == pytest.approx(0.05)
+    assert parallel._spin_seconds('0') == 0.0
+    assert parallel._spin_seconds('') == 0.0
+    with pytest.warns(UserWarning, match=r"QCAFFE_SPIN_MS='fast' is not a number"):
+        assert parallel._spin_seconds('fast') == pytest.approx(0.05)

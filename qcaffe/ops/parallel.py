@@ -187,7 +187,19 @@ def num_threads():
 
 # How long idle workers keep spinning after a split before they park (block on a lock):
 # ``QCAFFE_SPIN_MS`` (0 = never spin).  OpenMP runtimes do the same (GOMP/KMP block time).
-SPIN_S = max(0.0, float(os.environ.get('QCAFFE_SPIN_MS', '50') or 0) / 1000.0)
+def _spin_seconds(value):
+    """``QCAFFE_SPIN_MS`` in seconds; a value that is not a number is refused with a warning
+    naming the variable (and the default used), not by failing ``import qcaffe``."""
+    try:
+        return max(0.0, float(value or 0) / 1000.0)
+    except ValueError:
+        import warnings
+        warnings.warn('QCAFFE_SPIN_MS=%r is not a number of milliseconds (e.g. 50, or 0 to never '
+                      'spin); using the default 50' % value)
+        return 0.05
+
+
+SPIN_S = _spin_seconds(os.environ.get('QCAFFE_SPIN_MS', '50'))
 
 
 def _find_spinlocks():
