@@ -180,6 +180,16 @@ class _ClassLossLayer(LossLayer):
         self.valid_count = -1 if valid is None else float(valid.sum())
         return prob, lab, valid
 
+    def _positions(self, xp):
+        """(rows (outer, 1), cols (1, inner)) index arrays that, with the labels, pick each
+        position's labelled class; built once per shape."""
+        cached = getattr(self, '_pos_index', None)
+        key = (self.outer, self.inner, xp.__name__)
+        if cached is None or cached[0] != key:
+            cached = self._pos_index = (key, xp.arange(self.outer)[:, None],
+                                        xp.arange(self.inner)[None, :])
+        return cached[1], cached[2]
+
     def _set_loss(self, top, loss):
         top[0].mutable_dev_data[...] = loss / self.normalizer()
         if len(top) == 2:
@@ -205,7 +215,8 @@ class SoftmaxWithLossLayer(_ClassLossLayer):
     def forward_impl(self, bottom, top):
         xp = get_array_module(bottom[0].dev_data)
         prob, lab, valid = self._forward_prob(bottom, top)
-        p = xp.take_along_axis(prob, lab[:, None, :], axis=1)[:, 0, :]
+        rows, cols = self._positions(xp)
+        p = prob[rows, lab, cols]                        # (outer, inner): p[label]
         logp = xp.log(xp.maximum(p, FLT_MIN))
         if valid is not None:
             logp *= valid
@@ -221,8 +232,7 @@ class SoftmaxWithLossLayer(_ClassLossLayer):
         diff[...] = self.prob.dev_data.reshape(shape3)
         lab, valid = class_labels(bottom[1].dev_data.reshape(self.outer, self.inner),
                                   self.channels, self.ignore_label, self)
-        rows = xp.arange(self.outer)[:, None]
-        cols = xp.arange(self.inner)[None, :]
+        rows, cols = self._positions(xp)
         diff[rows, lab, cols] -= 1  # (outer, inner) distinct positions: no scatter conflicts
         if valid is not None:
             diff *= valid[:, None, :]

@@ -250,16 +250,23 @@ class ConvolutionLayer(BaseConvolutionLayer):
     def _gemm_weights(self):
         """(G, O/G, C/G*K) channels-first or (O, K*C) channels-last, + the bias column."""
         w = self.weight(0)
+        if not self.fold_bias:
+            if self.layout == 'nhwc':
+                return w.transpose(self._order_nhwc()).reshape(self.num_output, -1)
+            return w.reshape(self.num_output, -1)
+        # written into one reused (O, K*C + 1) array: no concatenate allocation per pass
+        xp = get_array_module(w)
+        kc = w.size // self.num_output
+        mat = self._geom.buffer('gemm_weights', (self.num_output, kc + 1), xp)
         if self.layout == 'nhwc':
             # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the columns
-            order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
-            w = w.transpose(order).reshape(self.num_output, -1)
+            wv = self._geom.view('gemm_weights_nhwc', mat, lambda b: split_axes(
+                b[:, :kc], [self.num_output, self._geom.kernel + (self.channels,)]))
+            xp.copyto(wv, w.transpose(self._order_nhwc()))
         else:
-            w = w.reshape(self.num_output, -1)
-        if self.fold_bias:
-            xp = get_array_module(w)
-            w = xp.concatenate([w, self.weight(1).reshape(self.num_output, 1)], axis=1)
-        return w
+            xp.copyto(mat[:, :kc], w.reshape(self.num_output, kc))
+        xp.copyto(mat[:, kc], self.weight(1))
+        return mat
 
     def forward_impl(self, bottom, top):
         if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
@@ -331,8 +338,10 @@ class ConvolutionLayer(BaseConvolutionLayer):
         else:
             ck, extra = c * geom.kernel_count, int(self.fold_bias)
             buf = geom.buffer(('col', i), (n, ck + extra, geom.out_count), xp)
-            windows = window_view(padded(x, geom, 0.0), geom)       # (n, C, *k, *o)
-            cols = split_axes(buf[:, :ck], [n, (c,) + geom.kernel, geom.out_shape])
+            windows = geom.view('windows', padded(x, geom, 0.0),     # (n, C, *k, *o)
+                                lambda b: window_view(b, geom))
+            cols = geom.view(('cols', i), buf, lambda b: split_axes(
+                b[:, :ck], [n, (c,) + geom.kernel, geom.out_shape]))
             col = (buf.reshape(n, 1, ck + 1, -1) if extra
                    else buf.reshape(n, g, c // g * geom.kernel_count, -1))
 
@@ -398,10 +407,13 @@ class ConvolutionLayer(BaseConvolutionLayer):
             self.num_output
         # the transposed input lives in a zero-bordered buffer: no separate padding copy
         xt = geom.buffer('x_nhwc_pad', (n,) + geom.padded_shape + (c,), xp, fill=0.0)
-        inner = xt[(slice(None),) + geom.interior() + (slice(None),)]
-        windows = window_view(xt, geom, channels_last=True)         # (n, *o, *k, C)
+        inner = geom.view('x_nhwc_inner', xt,
+                          lambda b: b[(slice(None),) + geom.interior() + (slice(None),)])
+        windows = geom.view('x_nhwc_windows', xt,                    # (n, *o, *k, C)
+                            lambda b: window_view(b, geom, channels_last=True))
         buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
-        cols = split_axes(buf[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)])
+        cols = geom.view(('cols', i), buf, lambda b: split_axes(
+            b[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)]))
         ym = geom.buffer('y_nhwc', (n * p, o), xp)
         order = self._order_nhwc()
         w = wt.T
@@ -425,7 +437,8 @@ class ConvolutionLayer(BaseConvolutionLayer):
         need_g = need_w or need_b
         if dx is not None:
             # per-tap weights (K, O, C): tap t's input gradient is dy (rows, O) @ wk[t]
-            wk = xp.ascontiguousarray(self.weight(0).reshape(o, c, -1).transpose(2, 0, 1))
+            wk = geom.buffer('w_taps', (geom.kernel_count, o, c), xp)
+            xp.copyto(wk, self.weight(0).reshape(o, c, -1).transpose(2, 0, 1))
             dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (c,), xp)
             acc = (geom.buffer('dx_nhwc_pad', (n,) + geom.padded_shape + (c,), xp)
                    if geom.needs_pad else None)

@@ -523,8 +523,8 @@ class Solver(object):
                         for a in h:     # frozen entries also lose their history (NK INQ)
                             a *= m
                     w -= g              # Net::Update
-            if self.whole_blob:
-                update(0, n)
+            if self.whole_blob or n < parallel.MIN_ELEMENTS:
+                update(0, n)    # small params: not worth a split (nor its bookkeeping)
             else:   # element-wise: every core takes a contiguous part of a large param
                 parallel.batch_split(n, update, n, xp)
         self.iter += 1
