@@ -295,6 +295,10 @@ POOL_GEOMS = [
     (5, 5, (2, 2), (2, 2), (1, 1)),   # clip removes a window
     (32, 32, (3, 3), (2, 2), (0, 0)),  # CIFAR: ceil gives 16, floor would give 15
     (4, 6, (4, 6), (1, 1), (0, 0)),   # whole plane
+    (8, 8, (2, 2), (2, 2), (0, 0)),   # LeNet pool2: tiled, rows of 4 floats move as complex128
+    (6, 6, (2, 2), (2, 2), (1, 1)),   # the same on a padded buffer
+    (3, 6, (3, 3), (3, 3), (0, 0)),   # tiled 3x3, rows of 2 floats move as float64
+    (4, 3, (2, 3), (2, 3), (0, 0)),   # tiled, rows of 1 float (float32 elements)
 ]
 
 

@@ -44,6 +44,11 @@ CASES = [
     ('Convolution', (6, 4, 5, 5), dict(convolution_param=dict(num_output=3, kernel_size=[1]))),
     ('InnerProduct', (9, 3, 4, 5), dict(inner_product_param=dict(num_output=11))),
     ('InnerProduct', (9, 60), dict(inner_product_param=dict(num_output=13, transpose=True))),
+    # tiled max pooling: narrow maps move rows as float64/complex128 elements, wide ones not
+    ('Pooling', (7, 5, 8, 8), dict(pooling_param=dict(pool='MAX', kernel_size=2, stride=2))),
+    ('Pooling', (6, 4, 6, 6),
+     dict(pooling_param=dict(pool='MAX', kernel_size=2, stride=2, pad=1))),
+    ('Pooling', (5, 3, 24, 24), dict(pooling_param=dict(pool='MAX', kernel_size=2, stride=2))),
 ]
 
 

@@ -47,6 +47,55 @@ def _err(layer, message, *args):
     return LayerError('Layer %r (type %s): %s' % (layer.name, layer.type, message % args))
 
 
+# numpy types whose size is a whole output row of a narrow map (pw * 4 bytes): such rows move
+# as single elements of a type numpy has a dedicated strided-copy loop for
+_ROW_TYPES = {4: np.float32, 8: np.float64, 16: np.complex128}
+
+
+class _TapMajor(object):
+    """Moves a batch slice between a tiled input ``x`` (n, c, ph*kh, pw*kw) (contiguous) and
+    its tap-major form ``tm`` (kh, kw, n, c, ph, pw), in either direction.
+
+    The generic move is one strided copy, whose innermost loop runs ``pw`` elements at a time.
+    For narrow maps (pw * 4 bytes a float32/float64/complex128: LeNet's pool2, 8x8 -> 4x4) that
+    loop is too short to run fast, so the move goes in two long-loop passes instead: the
+    columns apart with one stride-kw copy of the flat slice per kernel column, then the rows,
+    each output row moved as one element (pool2's forward copy 0.20 -> 0.09 ms per 32 images).
+    """
+
+    def __init__(self, geom, n, c, xp):
+        self.xp = xp
+        (self.kh, self.kw), (self.ph, self.pw) = geom.kernel, geom.out_shape
+        self.row_type = _ROW_TYPES.get(4 * self.pw) if xp is np else None
+        self.per_image = c * self.ph * self.pw          # elements of one tap of one image
+        if self.row_type is not None:
+            self.columns = geom.buffer('tap_columns', (self.kw, n * self.per_image * self.kh),
+                                       xp)
+
+    def __call__(self, x, tm, s, e, to_taps):
+        kh, kw = self.kh, self.kw
+        if self.row_type is None:
+            grid = x.reshape(x.shape[:2] + (self.ph, kh, self.pw, kw)).transpose(3, 5, 0, 1, 2, 4)
+            if to_taps:
+                self.xp.copyto(tm[:, :, s:e], grid[:, :, s:e])
+            else:
+                self.xp.copyto(grid[:, :, s:e], tm[:, :, s:e])
+            return
+        flat = x[s:e].reshape(-1)
+        m = (e - s) * self.per_image                     # elements of one tap of the slice
+        for j in range(kw):
+            col = self.columns[j, s * self.per_image * kh:e * self.per_image * kh]
+            rows = col.view(self.row_type).reshape(-1, kh)
+            if to_taps:
+                np.copyto(col, flat[j::kw])
+                for i in range(kh):
+                    np.copyto(tm[i, j, s:e].reshape(m).view(self.row_type), rows[:, i])
+            else:
+                for i in range(kh):
+                    np.copyto(rows[:, i], tm[i, j, s:e].reshape(m).view(self.row_type))
+                np.copyto(flat[j::kw], col)
+
+
 def pooled_size(size, kernel, stride, pad, ceil_mode, any_pad):
     """Caffe's pooled output length for one spatial axis (CEIL/FLOOR + the padding clip)."""
     span = size + 2 * pad - kernel
@@ -276,11 +325,11 @@ class PoolingLayer(Layer):
         n, c = y.shape[:2]
         # one de-interleaving copy makes every tap a contiguous block (fast ufunc loops)
         tm = geom.buffer('tapmajor', (kh, kw, n, c, ph, pw), xp)
-        src = xpad.reshape(n, c, ph, kh, pw, kw).transpose(3, 5, 0, 1, 2, 4)
+        move = _TapMajor(geom, n, c, xp)
         tmk = tm.reshape((kh * kw,) + y.shape)
 
         def work(s, e):
-            xp.copyto(tm[:, :, s:e], src[:, :, s:e])
+            move(xpad, tm, s, e, to_taps=True)
             ys, gs, cs, args = y[s:e], gt[s:e], cand[s:e], arg[s:e]
             xp.copyto(ys, tmk[0, s:e])
             for t in range(1, kh * kw):
@@ -418,15 +467,22 @@ class PoolingLayer(Layer):
             blocks = acc.reshape(n, c, ph, kh, pw, kw)
             eq = geom.buffer('eq', g.shape, xp, np.bool_) if arg is not None else None
             taps = list(enumerate(kernel_taps(geom.kernel)))
+            move = _TapMajor(geom, n, c, xp)
+            # narrow maps: each tap's gradient into a contiguous tap-major block, then one
+            # interleaving move (see _TapMajor); wider ones write each tap's strided slot
+            tm = (geom.buffer('tapmajor_diff', (kh, kw, n, c, ph, pw), xp)
+                  if move.row_type is not None else None)
 
             def work(s, e):
                 for t, (i, j) in taps:
-                    dst = blocks[s:e, :, :, i, :, j]
+                    dst = blocks[s:e, :, :, i, :, j] if tm is None else tm[i, j, s:e]
                     if arg is None:
                         xp.copyto(dst, g[s:e])
                     else:
                         xp.equal(arg[s:e], t, out=eq[s:e])
                         xp.multiply(g[s:e], eq[s:e], out=dst)
+                if tm is not None:
+                    move(acc, tm, s, e, to_taps=False)
             batch_split(n, work, acc.size, xp)
         else:
             taps = list(enumerate(tap_indices(geom, channels_last=False)))
