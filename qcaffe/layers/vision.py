@@ -228,7 +228,7 @@ class ConvolutionLayer(BaseConvolutionLayer):
         geom, n, c = self._geom, x.shape[0], self.channels
         ck, p, extra = c * geom.kernel_count, geom.out_count, int(self.fold_bias)
         if self.layout == 'nhwc':
-            order = (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
+            order = self._order_nhwc()
             xt = geom.buffer('x_nhwc', (n,) + geom.in_shape + (c,), xp)
             parallel.copyto(xt, x.transpose(order), xp)
             buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
@@ -312,10 +312,9 @@ class ConvolutionLayer(BaseConvolutionLayer):
         if need_w:
             dw = self.blobs[0].mutable_dev_diff
             if self.layout == 'nhwc':
-                nsp = self.nsp
                 gw = g[:, :kc].reshape((self.num_output,) + self._geom.kernel
                                        + (self.channels,))       # (O, *k, C)
-                dw += gw.transpose((0, nsp + 1) + tuple(range(1, nsp + 1)))
+                dw += gw.transpose(self._order_nchw())
             else:
                 dw += g[:, :kc].reshape(dw.shape)
         if need_b:

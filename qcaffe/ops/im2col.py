@@ -127,7 +127,6 @@ class ConvGeometry(object):
         del entries[2:]
         return buf
 
-
     def view(self, name, base, build):
         """``build(base)`` (a view of ``base``), cached while ``base`` is the same memory with
         the same shape and strides.  Strided views cost ~15 us of Python each (``as_strided``)
