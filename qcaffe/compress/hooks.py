@@ -4,7 +4,9 @@ Caffe equivalent: QC's ``Layer::Forward`` / ``Backward`` wrappers (include/caffe
 ``CompressLayerWeights``, ``ExchangeCompressWeights``, ``CompressLayerActivations``) and the
 pycaffe bindings of ``weights_compress`` & co (python/caffe/_caffe.cpp); compression.md 1(b)-(e).
 
-:func:`install` is called for every layer at creation (``qcaffe.layers.base.create_layer``):
+Every :class:`~qcaffe.layers.base.Layer` owns one :class:`LayerCompression` (``layer.compression``)
+and calls it through explicit seams: ``Layer.forward`` (prepare the quantized weights, compress
+the tops), ``Layer.weight(i)``, ``Layer.after_weights_loaded`` and ``Layer.to_proto``.
 
 * weights: before each forward, blob ``i`` with ``weights_compress[i]`` gets its quantize
   buffer computed from the full-precision data; ``layer.weight(i)`` (the seam every layer
@@ -27,7 +29,7 @@ import logging
 import numpy as np
 
 from ..backend import get_array_module
-from ..layers.base import LayerError
+from ..io.errors import LayerError
 from .quantizers import (ACTIVATION_FUNCS, ACTIVATION_METHODS, METHODS, WEIGHT_METHODS,
                          QuantState, effective_maxbits)
 
@@ -95,7 +97,11 @@ def _ensure_params(lp, methods_field, params_field):
 
 
 class LayerCompression(object):
-    """The compression state of one layer; its methods replace the layer's seams."""
+    """The μL2Q compression of one layer (its methods are called by ``Layer``'s seams).
+
+    Checks the layer's methods and gives it the pycaffe attributes ``weights_compress``,
+    ``weights_compress_param``, ``activations_compress`` and ``activations_compress_param``.
+    """
 
     def __init__(self, layer):
         self.layer = layer
@@ -104,8 +110,14 @@ class LayerCompression(object):
         self.act_methods = list(lp.activations_compress)
         self._loaded = {}      # blob index -> copy of the data its loaded quantize belongs to
         self._prepared = False
-        self._orig_forward = layer.forward
-        self._orig_weight = layer.weight
+        _check_methods(layer, 'weights_compress', self.weight_methods, WEIGHT_METHODS)
+        _check_methods(layer, 'activations_compress', self.act_methods, ACTIVATION_METHODS)
+        layer.weights_compress = self.weight_methods
+        layer.activations_compress = self.act_methods
+        layer.weights_compress_param = _ensure_params(lp, 'weights_compress',
+                                                      'weights_compress_param')
+        layer.activations_compress_param = _ensure_params(lp, 'activations_compress',
+                                                          'activations_compress_param')
 
     # --------------------------------------------------------------- weights
     def _check_blob_count(self):
@@ -136,7 +148,7 @@ class LayerCompression(object):
             out = blob.mutable_dev_quantize
             # quantize what the layer would otherwise compute with (masks of DNS/INQ
             # subclasses compose: Q(W ⊙ mask)); for plain layers that is blob i's data
-            state = METHODS[method].fn(self._orig_weight(i), k, out)
+            state = METHODS[method].fn(self.layer.own_weight(i), k, out)
             if state is None:          # ULQ with maxbits <= 0: the fork leaves the buffer
                 state = blob.compress_state or QuantState(0.0, 0.0, 0, k)
             blob.compress_state = state
@@ -156,12 +168,10 @@ class LayerCompression(object):
         return bool(xp.array_equal(blob.dev_data, ref))
 
     def weight(self, i):
-        """The layer's ``weight(i)`` seam: the quantize buffer for compressed blobs."""
-        if i < len(self.weight_methods):
-            if not self._prepared:
-                self.prepare_weights()
-            return self.layer.blobs[i].dev_quantize
-        return self._orig_weight(i)
+        """``Layer.weight(i)`` of a compressed blob ``i``: its quantize buffer."""
+        if not self._prepared:
+            self.prepare_weights()
+        return self.layer.blobs[i].dev_quantize
 
     # ----------------------------------------------------------- activations
     def compress_activations(self, top):
@@ -175,15 +185,6 @@ class LayerCompression(object):
             data = top[i].mutable_dev_data
             state = ACTIVATION_FUNCS[method](data, effective_maxbits(msg.maxbits), data)
             _store_state(msg, state)
-
-    # ------------------------------------------------------------- the Layer
-    def forward(self, bottom, top):
-        """QC ``Layer::Forward``: compress weights, forward, compress the tops in place."""
-        self.prepare_weights()
-        loss = self._orig_forward(bottom, top)
-        if self.act_methods:
-            self.compress_activations(top)
-        return loss
 
     def after_weights_loaded(self):
         """Take over quantize arrays loaded with the weights (QC ``Blob::FromProto``)."""
@@ -204,47 +205,6 @@ class LayerCompression(object):
         self._prepared = False
 
 
-def install(layer):
-    """Attach the μL2Q hooks to ``layer`` (called by ``create_layer`` for every layer).
-
-    Sets the pycaffe attributes ``weights_compress``, ``weights_compress_param``,
-    ``activations_compress``, ``activations_compress_param`` and, when the layer has methods,
-    replaces its ``forward`` and ``weight`` seams by the compressing versions.
-    """
-    lp = layer.layer_param
-    comp = LayerCompression(layer)
-    _check_methods(layer, 'weights_compress', comp.weight_methods, WEIGHT_METHODS)
-    _check_methods(layer, 'activations_compress', comp.act_methods, ACTIVATION_METHODS)
-    layer.weights_compress = comp.weight_methods
-    layer.activations_compress = comp.act_methods
-    layer.weights_compress_param = _ensure_params(lp, 'weights_compress',
-                                                  'weights_compress_param')
-    layer.activations_compress_param = _ensure_params(lp, 'activations_compress',
-                                                      'activations_compress_param')
-    layer.compression = comp
-    orig_loaded = layer.after_weights_loaded
-
-    def after_weights_loaded():
-        comp.after_weights_loaded()
-        orig_loaded()
-    layer.after_weights_loaded = after_weights_loaded
-    if comp.weight_methods:
-        layer.weight = comp.weight
-        orig_to_proto = layer.to_proto
-
-        def to_proto(param, write_diff=False):
-            # QC ToProto runs CompressLayerWeights first: the saved quantize array and
-            # params are those of the current (updated) weights, not of the last forward
-            comp.prepare_weights()
-            return orig_to_proto(param, write_diff)
-        layer.to_proto = to_proto
-    if comp.weight_methods or comp.act_methods:
-        layer.forward = comp.forward
-    return comp
-
-
 def refresh(layer):
     """Recompute (or take the loaded) quantize buffers of ``layer`` now, without a forward."""
-    comp = getattr(layer, 'compression', None)
-    if comp is not None:
-        comp.prepare_weights()
+    layer.compression.prepare_weights()

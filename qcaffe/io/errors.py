@@ -12,6 +12,10 @@ class QcaffeError(Exception):
     """Base class of all user-facing qcaffe errors (Caffe: a fatal ``CHECK`` failure)."""
 
 
+class LayerError(QcaffeError):
+    """A layer definition that cannot work (wrong blob counts, bad parameter values...)."""
+
+
 class ModelFileError(QcaffeError):
     """A model, weights, solver, solver-state or mean file cannot be read or written.
 

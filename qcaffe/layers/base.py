@@ -6,9 +6,13 @@ talks to layers only through ``setup``, ``forward``, ``backward`` and the learna
 subclasses implement Caffe's hooks ``layer_setup``, ``reshape``, ``forward_impl`` and
 ``backward_impl``.
 
-Seams for compression (architecture.md):
-* ``weight(i)`` is the one way a layer reads learnable blob ``i`` for computation, so masks and
-  fake quantization can be applied in one place (``EffectiveWeights`` hooks below);
+Seams for compression (architecture.md), all called by ``Layer`` itself:
+* ``weight(i)`` is the one way a layer reads learnable blob ``i`` for computation.  It returns
+  ``own_weight(i)`` (the blob's data; DNS/INQ subclasses apply their masks there), fake-quantized
+  by the layer's :class:`~qcaffe.compress.hooks.LayerCompression` (``self.compression``) when
+  the prototxt gives the blob a ``weights_compress`` method;
+* ``forward`` asks ``self.compression`` to prepare the quantized weights before
+  ``forward_impl`` and to compress the tops after it (``activations_compress``);
 * ``extra_state()`` / ``load_extra_state()`` carry layer state that is not a blob through
   snapshots;
 * ``param_update_mask(i)`` lets a layer freeze entries of blob ``i`` for the solver.
@@ -18,13 +22,10 @@ import difflib
 import numpy as np
 
 from ..blob import Blob, BlobVec
-from ..io.errors import QcaffeError
+from ..compress.hooks import LayerCompression
+from ..io.errors import LayerError
 
 _REGISTRY = {}
-
-
-class LayerError(QcaffeError):
-    """A layer definition that cannot work (wrong blob counts, bad parameter values...)."""
 
 
 def register_layer(type_name, *aliases):
@@ -59,12 +60,10 @@ def layer_class(type_name, layer_name=''):
 
 
 def create_layer(layer_param, phase=None):
-    """Caffe: ``LayerRegistry::CreateLayer``."""
+    """Caffe: ``LayerRegistry::CreateLayer`` (the layer's ``weights_compress`` /
+    ``activations_compress`` are read by its constructor)."""
     cls = layer_class(layer_param.type, layer_param.name)
-    layer = cls(layer_param)
-    from ..compress.hooks import install   # weights_/activations_compress (uL2Q) on any layer
-    install(layer)
-    return layer
+    return cls(layer_param)
 
 
 def _load_all():
@@ -98,6 +97,8 @@ class Layer(object):
         self.param_propagate_down = []
         self.loss_weights = []
         self._last_bottom_shapes = None
+        # μL2Q: this layer's weights_compress / activations_compress (often none)
+        self.compression = LayerCompression(self)
 
     @property
     def name(self):
@@ -140,7 +141,11 @@ class Layer(object):
         if self.reshape_every_forward or shapes != self._last_bottom_shapes:
             self.reshape(bottom, top)
             self._last_bottom_shapes = shapes
+        if self.compression.weight_methods:
+            self.compression.prepare_weights()
         self.forward_impl(bottom, top)
+        if self.compression.act_methods:
+            self.compression.compress_activations(top)
         loss = 0.0
         for t, w in zip(top, self.loss_weights):
             if w != 0:
@@ -197,11 +202,16 @@ class Layer(object):
 
     # ------------------------------------------------ learnable blobs (seams)
     def weight(self, i):
-        """The array computation should use for learnable blob ``i`` (effective weights).
+        """The array computation should use for learnable blob ``i`` (effective weights):
+        ``own_weight(i)``, fake-quantized when blob ``i`` has a ``weights_compress`` method.
+        Layer code reads its learnable blobs only through this method."""
+        if i < len(self.compression.weight_methods):
+            return self.compression.weight(i)
+        return self.own_weight(i)
 
-        Plain layers return ``blobs[i].dev_data``; compression wraps this (masks, fake
-        quantization) without the layer's math changing.
-        """
+    def own_weight(self, i):
+        """Blob ``i`` as this layer type computes with it before any μL2Q quantization: the
+        data itself here; DNS/INQ layers return it masked."""
         return self.blobs[i].dev_data
 
     def param_update_mask(self, i):
@@ -220,10 +230,16 @@ class Layer(object):
         pass
 
     def after_weights_loaded(self):
-        """Called after ``copy_from`` wrote this layer's blobs (compression refreshes state)."""
+        """Called after ``copy_from`` wrote this layer's blobs (compression takes over the
+        quantize arrays loaded with them).  Subclasses extending it call this one."""
+        self.compression.after_weights_loaded()
 
     def to_proto(self, param, write_diff=False):
         """Caffe: ``Layer::ToProto``: the LayerParameter with the current blobs."""
+        if self.compression.weight_methods:
+            # QC's ToProto runs CompressLayerWeights first: the saved quantize arrays and
+            # params are those of the current (updated) weights, not of the last forward
+            self.compression.prepare_weights()
         param.CopyFrom(self.layer_param)
         del param.blobs[:]
         for b in self.blobs:
