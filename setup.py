@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=['qcaffe', 'qcaffe.*']),
     package_data={'qcaffe.proto': ['*.proto']},
     python_requires='>=3.9',
-    install_requires=['numpy>=1.22', 'protobuf>=5.26', 'lmdb>=1.0'],
+    install_requires=['numpy>=1.22', 'protobuf>=5.26', 'lmdb>=1.0', 'threadpoolctl>=3.1'],
     extras_require={
         'test': ['pytest>=7'],
         'hdf5': ['h5py'],

@@ -42,6 +42,9 @@ _LAZY = {
     'set_solver_rank': ('qcaffe.pycaffe', 'set_solver_rank'),
     'set_multiprocess': ('qcaffe.pycaffe', 'set_multiprocess'),
     'has_nccl': ('qcaffe.pycaffe', 'has_nccl'),
+    # the CPU engine's threads (qcaffe.config: QCAFFE_NUM_THREADS is the default)
+    'num_threads': ('qcaffe.ops.parallel', 'num_threads'),
+    'set_num_threads': ('qcaffe.ops.parallel', 'set_num_threads'),
     'TRAIN': ('qcaffe.pycaffe', 'TRAIN'),
     'TEST': ('qcaffe.pycaffe', 'TEST'),
     # net_spec

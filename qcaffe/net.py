@@ -15,6 +15,7 @@ from .blob import Blob
 from .compress.state import load_weight_blob_extras
 from .io.errors import QcaffeError
 from .layers import create_layer
+from .ops.parallel import blas_single_threaded
 from .proto import caffe_pb2
 
 log = logging.getLogger('qcaffe')
@@ -419,20 +420,23 @@ class Net(object):
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         hooks = self._hooks
-        for i in range(start, end + 1):
-            for fn in hooks['before_forward']:
-                fn(i)
-            loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
-            for fn in hooks['after_forward']:
-                fn(i)
+        with blas_single_threaded():     # qcaffe's threads, not the BLAS's (ops.parallel)
+            for i in range(start, end + 1):
+                for fn in hooks['before_forward']:
+                    fn(i)
+                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                for fn in hooks['after_forward']:
+                    fn(i)
         return loss
 
     def backward_from_to(self, start=None, end=0):
         """Caffe: ``BackwardFromTo`` (from ``start`` down to ``end``, inclusive)."""
         start = len(self.layers) - 1 if start is None else start
         hooks = self._hooks
-        for i in range(start, end - 1, -1):
-            if self.layer_need_backward[i]:
+        with blas_single_threaded():
+            for i in range(start, end - 1, -1):
+                if not self.layer_need_backward[i]:
+                    continue
                 for fn in hooks['before_backward']:
                     fn(i)
                 self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],

@@ -19,66 +19,11 @@ from qcaffe.io import read_net_param
 from qcaffe.layers.base import LayerError
 from qcaffe.net import Net
 from qcaffe.ops.im2col import ConvGeometry, col2im, im2col
+from qcaffe.ops.reference import conv as naive_conv, pool as naive_pool
 from qcaffe.proto import caffe_pb2
 from qcaffe.testing import check_gradient, make_layer
 from layer_helpers import blob as blob_of, run_arrays as run
 from shared_data import require_shared
-
-
-# --------------------------------------------------------------------------- naive formulas
-def naive_conv(x, w, b, stride, pad, dil, group):
-    """Direct N-D convolution (Caffe's definition): loops over output channels and taps."""
-    x = x.astype(np.float64)
-    n, c = x.shape[:2]
-    o, cg = w.shape[:2]
-    k = w.shape[2:]
-    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in pad])
-    out = [(s + 2 * p - (d * (kk - 1) + 1)) // st + 1
-           for s, p, d, kk, st in zip(x.shape[2:], pad, dil, k, stride)]
-    y = np.zeros((n, o) + tuple(out))
-    og = o // group
-    for oc in range(o):
-        g = oc // og
-        for tap in itertools.product(*[range(kk) for kk in k]):
-            sl = tuple(slice(t * d, t * d + st * (ou - 1) + 1, st)
-                       for t, d, st, ou in zip(tap, dil, stride, out))
-            patch = xp[(slice(None), slice(g * cg, (g + 1) * cg)) + sl]
-            y[:, oc] += np.tensordot(w[(oc, slice(None)) + tap].astype(np.float64), patch,
-                                     axes=([0], [1]))
-        if b is not None:
-            y[:, oc] += b[oc]
-    return y
-
-
-def naive_pool(x, k, s, p, method, ceil=True):
-    """Caffe's pooling_layer.cpp loops, returning (top, mask)."""
-    n, c, h, w = x.shape
-
-    def size(sz, kk, st, pd):
-        o = (math.ceil if ceil else math.floor)((sz + 2 * pd - kk) / st) + 1
-        if (p[0] or p[1]) and (o - 1) * st >= sz + pd:
-            o -= 1
-        return o
-    ph, pw = size(h, k[0], s[0], p[0]), size(w, k[1], s[1], p[1])
-    y = np.zeros((n, c, ph, pw))
-    mask = np.full((n, c, ph, pw), -1.0)
-    for oh, ow in itertools.product(range(ph), range(pw)):
-        hs, ws = oh * s[0] - p[0], ow * s[1] - p[1]
-        if method == 'MAX':
-            he, we = min(hs + k[0], h), min(ws + k[1], w)
-            hs, ws = max(hs, 0), max(ws, 0)
-            for ni, ci in itertools.product(range(n), range(c)):
-                best = -np.inf
-                for hh, ww in itertools.product(range(hs, he), range(ws, we)):
-                    if x[ni, ci, hh, ww] > best:
-                        best, mask[ni, ci, oh, ow] = x[ni, ci, hh, ww], hh * w + ww
-                y[ni, ci, oh, ow] = best
-        else:
-            he, we = min(hs + k[0], h + p[0]), min(ws + k[1], w + p[1])
-            pool_size = (he - hs) * (we - ws)
-            hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, h), min(we, w)
-            y[:, :, oh, ow] = x[:, :, hs:he, ws:we].sum(axis=(2, 3)) / pool_size
-    return y, mask
 
 
 def conv_layer(num_output, **cp):
@@ -171,7 +116,7 @@ def test_convolution_forward_and_gradient(case):
     assert top[0].shape == ref.shape
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
     if case.startswith('channels_last'):
-        assert layer.layout == 'nhwc'
+        assert layer.plan.layout == 'nhwc'
     check_gradient(layer, bottom, top, setup=False, max_checks=60)
 
 
@@ -202,7 +147,7 @@ def test_convolution_3d_forward_and_gradient():
     x = RS.randn(1, 8, 3, 4, 3).astype(np.float32)
     layer = conv_layer(2, kernel_size=[2], force_nd_im2col=True)
     bottom, top = run(layer, x)
-    assert layer.layout == 'nhwc'
+    assert layer.plan.layout == 'nhwc'
     ref = naive_conv(x, layer.blobs[0].data, layer.blobs[1].data, (1,) * 3, (0,) * 3,
                      (1,) * 3, 1)
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
@@ -562,49 +507,15 @@ def test_layers_against_oracle(model):
 
 @pytest.mark.parametrize('channels', [3, 9])
 def test_convolution_large_columns_are_built_in_batch_slices(monkeypatch, channels):
-    import qcaffe.layers.vision as vision
-    monkeypatch.setattr(vision, 'COL_BUDGET_BYTES', 3000)
+    import qcaffe.ops.conv as conv_ops
+    monkeypatch.setattr(conv_ops, 'COL_BUDGET_BYTES', 3000)
     x = RS.randn(5, channels, 6, 5).astype(np.float32)
     layer = conv_layer(4, kernel_size=[3], pad=[1])
     bottom, top = run(layer, x)
-    assert len(layer._chunks) > 1
+    assert not layer.plan.keep_cols and len(layer.plan.bounds) > 1
     ref = naive_conv(x, layer.blobs[0].data, layer.blobs[1].data, (1, 1), (1, 1), (1, 1), 1)
     np.testing.assert_allclose(top[0].data, ref, rtol=1e-4, atol=1e-4)
     check_gradient(layer, bottom, top, setup=False, max_checks=40)
-
-
-def test_batch_split_threads_give_identical_results(monkeypatch):
-    import qcaffe.ops.parallel as parallel
-    x = (np.round(RS.randn(6, 3, 8, 8) * 2) / 2).astype(np.float32)
-    dys = []
-    results = []
-    for threads in ('1', '3'):
-        monkeypatch.setenv('QCAFFE_NUM_THREADS', threads)
-        monkeypatch.setattr(parallel, 'MIN_ELEMENTS', 1)
-        out = []
-        for phase, pp in (('TRAIN', dict(pool='MAX', kernel_size=2, stride=2)),
-                          ('TEST', dict(pool='MAX', kernel_size=2, stride=2)),
-                          ('TRAIN', dict(pool='MAX', kernel_size=3, stride=2, pad=1)),
-                          ('TEST', dict(pool='AVE', kernel_size=3, stride=2, pad=1))):
-            layer = pool_layer(phase, **pp)
-            bottom, top = run(layer, x)
-            top[0].diff[...] = RS.randn(*top[0].shape) if threads == '1' else dys.pop(0)
-            if threads == '1':
-                dys.append(top[0].diff.copy())
-            layer.backward(top, [True], bottom)
-            out += [top[0].data.copy(), bottom[0].diff.copy()]
-        for c in (3, 8):   # channels-first and channels-last convolution, padded
-            xc = np.tile(x, (1, 3, 1, 1))[:, :c]
-            layer = conv_layer(4, kernel_size=[3], pad=[1], stride=[2],
-                               weight_filler=dict(type='constant', value=0.25),
-                               bias_filler=dict(type='constant', value=0.5))
-            bottom, top = run(layer, xc)
-            top[0].diff[...] = 1.0
-            layer.backward(top, [True], bottom)
-            out += [top[0].data.copy(), bottom[0].diff.copy(), layer.blobs[0].diff.copy()]
-        results.append(out)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize('channels', [3, 9])
@@ -627,44 +538,3 @@ def test_convolution_frozen_param_gets_no_gradient(channels, frozen):
             np.testing.assert_allclose(layer.blobs[1].diff, dy.sum(axis=(0, 2, 3)), rtol=1e-5)
         else:
             assert layer.blobs[0].diff.any()
-
-
-def test_openblas_threads_follow_machine_load(monkeypatch):
-    import qcaffe.ops.parallel as parallel
-    for var in ('OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'QCAFFE_NUM_THREADS',
-                'QCAFFE_ADAPT_BLAS'):
-        monkeypatch.delenv(var, raising=False)
-    saved = dict(parallel._blas)
-    monkeypatch.setattr(parallel, '_blas', {'init': False, 'funcs': None, 'default': None,
-                                            'current': None})
-    monkeypatch.setattr(parallel, '_idle', {'checked': -1e9, 'threads': 1})
-    monkeypatch.setattr(parallel.os, 'cpu_count', lambda: 2)
-    monkeypatch.setattr(parallel, '_cpu_sample', lambda: None)     # load average decides
-    monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (9.0, 9.0, 9.0))
-    assert parallel.num_threads() == 1
-    if parallel.blas_threads() is None:
-        pytest.skip('numpy does not use a controllable OpenBLAS here')
-    assert parallel.blas_threads() == 1
-    default = parallel._blas['default']
-    try:
-        monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (0.5, 0.5, 0.5))
-        parallel._idle['checked'] = -1e9
-        assert parallel.num_threads() == 2
-        assert parallel.blas_threads() == default
-        assert parallel._blas['funcs'][0]() == default
-    finally:   # leave OpenBLAS as the real module state believes it is
-        parallel._blas['funcs'][1](saved['current'] or default)
-
-
-
-def test_busy_means_other_processes_not_our_own_threads(monkeypatch):
-    import qcaffe.ops.parallel as parallel
-    monkeypatch.setattr(parallel, '_idle', {'checked': -1e9, 'threads': 1})
-    samples = iter([(0.0, 100.0, 10.0),    # wall, machine busy CPU s, our CPU s
-                    (2.0, 103.9, 13.8),    # 3.9 s busy of 4 core-s, 3.8 of them ours: idle
-                    (4.0, 107.9, 15.0)])   # 4.0 s busy, 1.2 ours: others use 70%: busy
-    monkeypatch.setattr(parallel, '_cpu_sample', lambda: next(samples))
-    monkeypatch.setattr(parallel.os, 'getloadavg', lambda: (0.0, 0.0, 0.0))
-    assert parallel._others_busy(2) is False          # first call: load average
-    assert parallel._others_busy(2) is False
-    assert parallel._others_busy(2) is True

@@ -24,6 +24,7 @@ import numpy as np
 from ..blob import Blob, BlobVec
 from ..compress.hooks import LayerCompression
 from ..io.errors import LayerError
+from ..ops.parallel import blas_single_threaded
 
 _REGISTRY = {}
 
@@ -141,11 +142,12 @@ class Layer(object):
         if self.reshape_every_forward or shapes != self._last_bottom_shapes:
             self.reshape(bottom, top)
             self._last_bottom_shapes = shapes
-        if self.compression.weight_methods:
-            self.compression.prepare_weights()
-        self.forward_impl(bottom, top)
-        if self.compression.act_methods:
-            self.compression.compress_activations(top)
+        with blas_single_threaded():
+            if self.compression.weight_methods:
+                self.compression.prepare_weights()
+            self.forward_impl(bottom, top)
+            if self.compression.act_methods:
+                self.compression.compress_activations(top)
         loss = 0.0
         for t, w in zip(top, self.loss_weights):
             if w != 0:
@@ -154,7 +156,8 @@ class Layer(object):
 
     def backward(self, top, propagate_down, bottom):
         """Caffe: ``Layer::Backward``."""
-        self.backward_impl(top, propagate_down, bottom)
+        with blas_single_threaded():
+            self.backward_impl(top, propagate_down, bottom)
 
     def check_blob_counts(self, bottom, top):
         nb, nt = len(bottom), len(top)

@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..blob import Blob
 from ..fillers import fill
-from ..ops import parallel
+from ..ops.gemm import gemm
 from ..proto import caffe_pb2
 from .base import Layer, LayerError, register_layer
 
@@ -102,24 +102,21 @@ class InnerProductLayer(Layer):
         self.M = bottom[0].count_range(0, axis)
         top[0].reshape(bottom[0].shape[:axis] + (self.num_output,))
 
-    # The GEMMs run on qcaffe's threads with OpenBLAS held at one thread (ops.parallel.gemm
-    # slices the output so that the small operand is the one every thread repacks).  Letting
-    # OpenBLAS thread them itself is faster for this one call but leaves its pool spinning
-    # against qcaffe's threads for the rest of the iteration (LeNet step +25 % on 2 cores).
+    # The GEMMs run on qcaffe's threads in fixed chunks of the output (qcaffe.ops.gemm).
     def forward_impl(self, bottom, top):
         x = bottom[0].dev_data.reshape(self.M, self.K)
         y = top[0].mutable_dev_data.reshape(self.M, self.num_output)
         xp = get_array_module(x)
         w = self.weight(0)
         if self.transpose:
-            parallel.gemm(x, w, y, xp)
+            gemm(x, w, y, xp)
         else:
             # y^T = W x^T: OpenBLAS runs it with the weights as the row-major left operand,
             # ~25 % faster than x W^T with them as a transposed right one (LeNet ip1)
             yt = getattr(self, '_yt', None)
             if yt is None or yt.shape != y.shape[::-1] or get_array_module(yt) is not xp:
                 yt = self._yt = xp.empty(y.shape[::-1], dtype=y.dtype)
-            parallel.gemm(w, x.T, yt, xp)
+            gemm(w, x.T, yt, xp)
             xp.copyto(y, yt.T)
         if self.bias_term:
             y += self.weight(1)
@@ -135,13 +132,13 @@ class InnerProductLayer(Layer):
                 tmp = self._dw_tmp = xp.empty(dw.shape, dtype=dw.dtype)
             # dw (N, K) += dy^T x, or transposed (K, N) += x^T dy
             a, c = (x, dy) if self.transpose else (dy, x)
-            parallel.gemm(a.T, c, dw, xp, acc=tmp)
+            gemm(a.T, c, dw, xp, acc=tmp)
         if self.bias_term and param_needs_grad(self, 1):
             db = self.blobs[1].mutable_dev_diff
             db += dy.sum(axis=0)
         if propagate_down[0]:
             w = self.weight(0)
-            parallel.gemm(dy, w.T if self.transpose else w,
+            gemm(dy, w.T if self.transpose else w,
                           bottom[0].mutable_dev_diff.reshape(self.M, self.K), xp)
 
 

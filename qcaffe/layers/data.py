@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from .. import backend
+from .. import backend, config
 from ..data.lmdb_io import DataSourceError, LMDBReader, decode_datums, load_in_memory
 from ..data.prefetch import Prefetcher
 from ..data.transformer import DataTransformer
@@ -510,7 +510,7 @@ class BasePrefetchingDataLayer(Layer):
 # into one array at setup (MNIST train: 47 MB): each batch is then a slice, so the prefetch
 # thread makes a handful of numpy calls per batch instead of 128 LMDB calls, and barely
 # competes with the training thread for the GIL.  Order and wrap-around are unchanged.
-IN_MEMORY_LIMIT = int(float(os.environ.get('QCAFFE_DATA_IN_MEMORY_MB', '512')) * (1 << 20))
+IN_MEMORY_LIMIT = config.DATA_IN_MEMORY_BYTES
 
 
 @register_layer('Data')
@@ -520,7 +520,8 @@ class DataLayer(BasePrefetchingDataLayer):
     ``backend: LEVELDB`` (Caffe's default) is accepted only when the source is in fact an
     LMDB directory (a warning says so); LevelDB itself is not supported.  Small databases of
     plain uint8 Datums are held in memory (``IN_MEMORY_LIMIT``, environment variable
-    ``QCAFFE_DATA_IN_MEMORY_MB``; 0 always streams), larger ones are streamed.
+    ``QCAFFE_DATA_IN_MEMORY_MB`` of :mod:`qcaffe.config`; 0 always streams), larger ones
+    are streamed.
     """
     memory = None
 

@@ -22,18 +22,16 @@ columns.
   outputs ``sum(x^2) / sum(x)`` (0 where the sum is not positive).  Caffe only has this on
   the GPU; here it runs on both.
 
-Non-overlapping windows (stride == kernel, exact tiling: LeNet's 2x2/2) take a faster path:
-the forward copies the taps into a tap-major buffer once (every tap a contiguous block, a 1-byte
-argmax), the backward writes each tap's gradient straight into its strided slot (no zeroing, no
-accumulation).  Memory-bound passes are split over the batch in threads (qcaffe.ops.parallel).
+The window arithmetic (the max with its first-max argmax, the average, the backward routing,
+the fast path for disjoint windows) lives in ``qcaffe.ops.pooling``; this module holds the
+geometry, the method dispatch and STOCHASTIC pooling, as Caffe's layer does.
 """
 import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
-from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_indices, tap_slices
-from ..ops.parallel import batch_split
-from ..ops.parallel import copyto as parallel_copyto
+from ..ops import pooling as pool_ops
+from ..ops.im2col import ConvGeometry, kernel_taps, padded, tap_slices
 from ..proto import caffe_pb2
 from .base import Layer, LayerError, register_layer
 
@@ -45,55 +43,6 @@ _METHOD_NAMES = {MAX: 'MAX', AVE: 'AVE', STOCHASTIC: 'STOCHASTIC'}
 
 def _err(layer, message, *args):
     return LayerError('Layer %r (type %s): %s' % (layer.name, layer.type, message % args))
-
-
-# numpy types whose size is a whole output row of a narrow map (pw * 4 bytes): such rows move
-# as single elements of a type numpy has a dedicated strided-copy loop for
-_ROW_TYPES = {4: np.float32, 8: np.float64, 16: np.complex128}
-
-
-class _TapMajor(object):
-    """Moves a batch slice between a tiled input ``x`` (n, c, ph*kh, pw*kw) (contiguous) and
-    its tap-major form ``tm`` (kh, kw, n, c, ph, pw), in either direction.
-
-    The generic move is one strided copy, whose innermost loop runs ``pw`` elements at a time.
-    For narrow maps (pw * 4 bytes a float32/float64/complex128: LeNet's pool2, 8x8 -> 4x4) that
-    loop is too short to run fast, so the move goes in two long-loop passes instead: the
-    columns apart with one stride-kw copy of the flat slice per kernel column, then the rows,
-    each output row moved as one element (pool2's forward copy 0.20 -> 0.09 ms per 32 images).
-    """
-
-    def __init__(self, geom, n, c, xp):
-        self.xp = xp
-        (self.kh, self.kw), (self.ph, self.pw) = geom.kernel, geom.out_shape
-        self.row_type = _ROW_TYPES.get(4 * self.pw) if xp is np else None
-        self.per_image = c * self.ph * self.pw          # elements of one tap of one image
-        if self.row_type is not None:
-            self.columns = geom.buffer('tap_columns', (self.kw, n * self.per_image * self.kh),
-                                       xp)
-
-    def __call__(self, x, tm, s, e, to_taps):
-        kh, kw = self.kh, self.kw
-        if self.row_type is None:
-            grid = x.reshape(x.shape[:2] + (self.ph, kh, self.pw, kw)).transpose(3, 5, 0, 1, 2, 4)
-            if to_taps:
-                self.xp.copyto(tm[:, :, s:e], grid[:, :, s:e])
-            else:
-                self.xp.copyto(grid[:, :, s:e], tm[:, :, s:e])
-            return
-        flat = x[s:e].reshape(-1)
-        m = (e - s) * self.per_image                     # elements of one tap of the slice
-        for j in range(kw):
-            col = self.columns[j, s * self.per_image * kh:e * self.per_image * kh]
-            rows = col.view(self.row_type).reshape(-1, kh)
-            if to_taps:
-                np.copyto(col, flat[j::kw])
-                for i in range(kh):
-                    np.copyto(tm[i, j, s:e].reshape(m).view(self.row_type), rows[:, i])
-            else:
-                for i in range(kh):
-                    np.copyto(rows[:, i], tm[i, j, s:e].reshape(m).view(self.row_type))
-                np.copyto(flat[j::kw], col)
 
 
 def pooled_size(size, kernel, stride, pad, ceil_mode, any_pad):
@@ -242,105 +191,20 @@ class PoolingLayer(Layer):
         if self.is_global:
             xp.max(x.reshape(x.shape[:2] + (-1,)), axis=-1, out=y.reshape(y.shape[:2]))
             return
-        geom = self._geom
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        ph, pw = geom.out_shape
-        xpad = padded(x, geom, -np.inf, name=('pad', -np.inf))
-        # vertical pass first: its taps are whole rows (contiguous), the strided horizontal
-        # pass then runs on data already reduced kh-fold
-        v = geom.buffer('vmax', (xpad.shape[0], xpad.shape[1], ph, xpad.shape[3]), xp)
-
-        def max_into(out, views):
-            if len(views) == 1:
-                xp.copyto(out, views[0])
-                return
-            xp.maximum(views[0], views[1], out=out)
-            for view in views[2:]:
-                xp.maximum(out, view, out=out)
-
-        def work(s, e):
-            vs = v[s:e]
-            max_into(vs, [xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh, :] for i in range(kh)])
-            max_into(y[s:e], [vs[..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)])
-        batch_split(y.shape[0], work, xpad.size, xp)
+        pool_ops.max_pool(padded(x, self._geom, -np.inf, name=('pad', -np.inf)), y,
+                          self._geom)
 
     def _max_argmax(self, x, y):
         """Max with Caffe's first-max argmax; returns the tap index (i*kw + j) per output."""
         xp = get_array_module(x)
-        geom = self._geom
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        ph, pw = geom.out_shape
         if self.is_global:
             flat = x.reshape(x.shape[:2] + (-1,))
             arg = xp.argmax(flat, axis=-1)  # first occurrence == Caffe's strict '>' scan
             xp.copyto(y.reshape(y.shape[:2]),
                       xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0])
             return arg.reshape(y.shape).astype(np.int32)
-        xpad = padded(x, geom, -np.inf, name=('pad', -np.inf))
-        if self.tiled:
-            return self._max_argmax_taps(xp, xpad, y)
-        n, c, hp, _ = xpad.shape
-        hmax = geom.buffer('hmax', (n, c, hp, pw), xp)
-        harg = geom.buffer('harg', (n, c, hp, pw), xp, np.int32)
-        gt = geom.buffer('gt_h', (n, c, hp, pw), xp, np.bool_)
-        arg = xp.empty(y.shape, dtype=np.int32)
-        gtv = geom.buffer('gt_v', y.shape, xp, np.bool_)
-
-        def work(s, e):
-            # horizontal pass over every padded row: first max within each window row
-            hm, ha, g = hmax[s:e], harg[s:e], gt[s:e]
-            cols = [xpad[s:e, ..., j:j + sw * (pw - 1) + 1:sw] for j in range(kw)]
-            xp.copyto(hm, cols[0])
-            ha.fill(0)
-            for j in range(1, kw):
-                xp.greater(cols[j], hm, out=g)
-                xp.maximum(hm, cols[j], out=hm)
-                # harg = where(gt, j, harg), branch-free: j exceeds every earlier column index
-                xp.maximum(ha, xp.multiply(g, j, dtype=np.int32), out=ha)
-            # vertical pass: first window row reaching the max (strict '>' keeps the earlier)
-            ys, args, gv = y[s:e], arg[s:e], gtv[s:e]
-            xp.copyto(ys, hm[:, :, 0:sh * (ph - 1) + 1:sh])
-            xp.copyto(args, ha[:, :, 0:sh * (ph - 1) + 1:sh])
-            for i in range(1, kh):
-                sl = slice(i, i + sh * (ph - 1) + 1, sh)
-                row = hm[:, :, sl]
-                xp.greater(row, ys, out=gv)
-                xp.maximum(ys, row, out=ys)
-                # arg = where(gtv, i*kw + harg, arg): the new index exceeds every earlier one
-                cand = ha[:, :, sl] + i * kw
-                cand *= gv
-                xp.maximum(args, cand, out=args)
-        batch_split(n, work, xpad.size, xp)
-        return arg
-
-    def _max_argmax_taps(self, xp, xpad, y):
-        """Disjoint windows: scan the taps in row-major order (strict '>' keeps the first)."""
-        geom = self._geom
-        # small tap indices: a 1-byte argmax moves 4x less memory
-        itype = np.uint8 if geom.kernel_count <= 256 else np.int32
-        arg = xp.zeros(y.shape, dtype=itype)
-        gt = geom.buffer('gt_v', y.shape, xp, np.bool_)
-        cand = geom.buffer('cand', y.shape, xp, itype)
-        (kh, kw), (ph, pw) = geom.kernel, geom.out_shape
-        n, c = y.shape[:2]
-        # one de-interleaving copy makes every tap a contiguous block (fast ufunc loops)
-        tm = geom.buffer('tapmajor', (kh, kw, n, c, ph, pw), xp)
-        move = _TapMajor(geom, n, c, xp)
-        tmk = tm.reshape((kh * kw,) + y.shape)
-
-        def work(s, e):
-            move(xpad, tm, s, e, to_taps=True)
-            ys, gs, cs, args = y[s:e], gt[s:e], cand[s:e], arg[s:e]
-            xp.copyto(ys, tmk[0, s:e])
-            for t in range(1, kh * kw):
-                win = tmk[t, s:e]
-                xp.greater(win, ys, out=gs)
-                xp.maximum(ys, win, out=ys)
-                # arg = where(gt, t, arg), branch-free: t exceeds every earlier tap index
-                xp.multiply(gs, itype(t), out=cs)
-                xp.maximum(args, cs, out=args)
-        batch_split(n, work, xpad.size, xp)
-        return arg
+        return pool_ops.max_pool_argmax(
+            padded(x, self._geom, -np.inf, name=('pad', -np.inf)), y, self._geom, self.tiled)
 
     def _write_mask(self, mask):
         """Caffe's mask top: argmax as h*W + w within the channel plane (float)."""
@@ -373,23 +237,8 @@ class PoolingLayer(Layer):
             xp.sum(x.reshape(x.shape[:2] + (-1,)), axis=-1, out=y.reshape(y.shape[:2]))
             y /= float(x.shape[2] * x.shape[3])
             return
-        geom = self._geom
-        (kh, kw), (sh, sw) = self.kernel, self.stride
-        ph, pw = geom.out_shape
-        xpad = padded(x, geom, 0.0, name=('pad', 0.0))
-        v = geom.buffer('vsum', (xpad.shape[0], xpad.shape[1], ph, xpad.shape[3]), xp)
-        div = self._avg_divisor(xp)
-
-        def work(s, e):
-            vs, ys = v[s:e], y[s:e]
-            xp.copyto(vs, xpad[s:e, :, 0:sh * (ph - 1) + 1:sh])
-            for i in range(1, kh):
-                vs += xpad[s:e, :, i:i + sh * (ph - 1) + 1:sh]
-            xp.copyto(ys, vs[..., 0:sw * (pw - 1) + 1:sw])
-            for j in range(1, kw):
-                ys += vs[..., j:j + sw * (pw - 1) + 1:sw]
-            ys /= div
-        batch_split(y.shape[0], work, xpad.size, xp)
+        pool_ops.ave_pool(padded(x, self._geom, 0.0, name=('pad', 0.0)), y, self._geom,
+                          self._avg_divisor(xp))
 
     def _stochastic_train(self, x, y):
         xp = get_array_module(x)
@@ -446,9 +295,6 @@ class PoolingLayer(Layer):
     def _scatter(self, xp, g, dx, arg):
         """dx = sum over taps of g routed to the tap's input position (all taps if arg is None,
         else only where arg == tap)."""
-        geom = self._geom
-        kh, kw = self.kernel
-        ph, pw = geom.out_shape
         if self.is_global:
             flat = dx.reshape(dx.shape[:2] + (-1,))
             if arg is None:
@@ -458,44 +304,7 @@ class PoolingLayer(Layer):
                 xp.multiply(pos == arg.reshape(arg.shape[:2] + (1,)),
                             g.reshape(g.shape[:2] + (1,)), out=flat)
             return
-        n, c = dx.shape[:2]
-        acc = dx if not geom.needs_pad else geom.buffer(
-            'dpad', (n, c) + geom.padded_shape, xp)
-        if self.tiled:
-            # disjoint blocks: every input cell belongs to exactly one window, so each tap is
-            # one plain (strided) write of the whole batch and nothing needs zeroing first
-            blocks = acc.reshape(n, c, ph, kh, pw, kw)
-            eq = geom.buffer('eq', g.shape, xp, np.bool_) if arg is not None else None
-            taps = list(enumerate(kernel_taps(geom.kernel)))
-            move = _TapMajor(geom, n, c, xp)
-            # narrow maps: each tap's gradient into a contiguous tap-major block, then one
-            # interleaving move (see _TapMajor); wider ones write each tap's strided slot
-            tm = (geom.buffer('tapmajor_diff', (kh, kw, n, c, ph, pw), xp)
-                  if move.row_type is not None else None)
-
-            def work(s, e):
-                for t, (i, j) in taps:
-                    dst = blocks[s:e, :, :, i, :, j] if tm is None else tm[i, j, s:e]
-                    if arg is None:
-                        xp.copyto(dst, g[s:e])
-                    else:
-                        xp.equal(arg[s:e], t, out=eq[s:e])
-                        xp.multiply(g[s:e], eq[s:e], out=dst)
-                if tm is not None:
-                    move(acc, tm, s, e, to_taps=False)
-            batch_split(n, work, acc.size, xp)
-        else:
-            taps = list(enumerate(tap_indices(geom, channels_last=False)))
-
-            def work(s, e):
-                a, gs = acc[s:e], g[s:e]
-                a.fill(0)
-                for t, (_, index) in taps:
-                    dst = a[index]
-                    dst += gs if arg is None else gs * (arg[s:e] == t)
-            batch_split(n, work, acc.size, xp)
-        if geom.needs_pad:
-            parallel_copyto(dx, acc[(slice(None), slice(None)) + geom.interior()], xp)
+        pool_ops.route_back(g, dx, self._geom, arg, self.tiled)
 
 
 @register_layer('SPP')

@@ -2,40 +2,18 @@
 
 Caffe equivalents: src/caffe/layers/{base_conv,conv,deconv,im2col}_layer.cpp.
 
-Caffe loops over the images of a batch and runs one GEMM per image (and per group).  Here the
-whole minibatch is one im2col (``qcaffe.ops.im2col``) and one GEMM (or one batched matmul over
-groups), with no Python loop over images or pixels.  Two layouts are used internally, chosen per
-geometry (blobs stay in Caffe's NCHW and weights in Caffe's (out, in/group, k...) layout):
-
-* channels-first ("nchw"): columns (N, G, C/G*K, P) and ``W (G, O/G, C/G*K) @ col``; handles
-  groups, 1x1 shortcuts and is best when C is small (LeNet conv1: the unrolled rows are runs of
-  the output width);
-* channels-last ("nhwc", group 1 and C >= 8): the input is transposed to (N, *S, C), columns are
-  (N*P, K*C) gathered in contiguous runs of ``kw*C`` floats, and the product is a single large
-  GEMM ``(N*P, K*C) @ (K*C, O)`` -- about 2x faster than the channels-first gather + batched
-  GEMM on LeNet conv2.
-
-On several idle cores each thread runs a slice of the batch through the whole chain, in both
-layouts and both directions (``ops.parallel.blas_split``, OpenBLAS held at one thread
-meanwhile): one hand-off per layer pass; the weight gradient is summed over the threads'
-slices after the join.
-
-Without groups the bias rides in the GEMM (a ones row/column in the columns, the bias as an
-extra weight column).  The channels-last input gradient is computed one kernel tap at a time
-(``dy @ W_tap``, a contiguous (rows, C) block) and added into the tap's window at once, so no
-all-taps column buffer is written and read back.  Learnable blobs are read through
-``self.weight(i)`` (compression seam); param diffs accumulate, bottom diffs are overwritten.  The forward's column buffer is kept for
-the weight gradient (Caffe recomputes im2col in backward; keeping it trades memory for one
-gather per iteration); above 256 MB of columns the batch is processed in slices and the
-columns are rebuilt in backward, as Caffe does.
+The layers read like Caffe's: parameters and shapes here, the arithmetic in ``qcaffe.ops``
+(``ops.conv.ConvPlan``: im2col + GEMM over chunks of the minibatch, in the layout that suits
+the geometry; ``ops.im2col``: the unrolling itself).  Learnable blobs are read through
+``self.weight(i)`` (the compression seam); param diffs accumulate, bottom diffs are
+overwritten.
 """
 import numpy as np
 
 from ..backend import get_array_module
 from ..fillers import fill
-from ..ops import parallel
-from ..ops.im2col import (ConvGeometry, col2im, im2col, padded, split_axes, tap_indices,
-                          window_view)
+from ..ops.conv import ConvPlan
+from ..ops.im2col import ConvGeometry, col2im, im2col
 from .base import Layer, LayerError, register_layer
 from .common import canonical_axis, param_needs_grad
 
@@ -88,10 +66,6 @@ def conv_spatial_params(layer, p, nsp):
     return kernel, stride, pad, dilation
 
 
-def _nchw(x, num, c):
-    return x.reshape((num, c, -1))
-
-
 class BaseConvolutionLayer(Layer):
     """Caffe: BaseConvolutionLayer (shared parameter reading, weight creation, shapes)."""
     min_bottom = 1
@@ -105,8 +79,6 @@ class BaseConvolutionLayer(Layer):
         self.nsp = bottom[0].num_axes - self.channel_axis - 1
         self.kernel, self.stride, self.pad, self.dilation = conv_spatial_params(
             self, p, self.nsp)
-        self.is_1x1 = (all(k == 1 for k in self.kernel) and all(s == 1 for s in self.stride)
-                       and all(v == 0 for v in self.pad))
         self.channels = bottom[0].shape[self.channel_axis]
         self.num_output = int(p.num_output)
         if self.num_output <= 0:
@@ -139,7 +111,6 @@ class BaseConvolutionLayer(Layer):
             if self.bias_term:
                 fill(self.new_blob(self.num_output), p.bias_filler)
         self._geom = None
-        self._cols = {}
 
     def reshape(self, bottom, top):
         shape = bottom[0].shape
@@ -170,7 +141,6 @@ class BaseConvolutionLayer(Layer):
                        list(self.dilation))
         if self._geom != geom:
             self._geom = geom
-            self._cols = {}
         self.out_spatial = tuple(out_sp)
         for t in top:
             t.reshape(shape[:ca] + (self.num_output,) + self.out_spatial)
@@ -186,295 +156,41 @@ class BaseConvolutionLayer(Layer):
             self.blobs[1].mutable_dev_diff[...] += dy.sum(axis=(0, 2))
 
 
-# Column buffers larger than this are built for a slice of the batch at a time (large images):
-# the batch is still processed in as few GEMMs as fit, never one image at a time by default.
-COL_BUDGET_BYTES = 256 << 20
-
-
 @register_layer('Convolution')
 class ConvolutionLayer(BaseConvolutionLayer):
     """Caffe: ConvolutionLayer.  ``top = W * bottom + b`` with groups, dilation, N-D spatial axes
     (``axis`` picks the channel axis; every axis after it is spatial).  ``force_nd_im2col`` is
-    accepted and changes nothing (one N-D code path serves every dimensionality).
-
-    Without groups the bias rides in the GEMM: the column buffer carries one extra row (or
-    column) of ones and the weight matrix the bias as an extra column, so neither the forward
-    bias add nor the backward bias reduction is a separate pass over the output.
-    """
+    accepted and changes nothing (one N-D code path serves every dimensionality)."""
 
     def reshape(self, bottom, top):
         BaseConvolutionLayer.reshape(self, bottom, top)
-        geom = self._geom
-        # channels-last pays off when the unrolled rows (kw*C floats) are long; see module doc
-        self.layout = 'nhwc' if (self.group == 1 and not self.is_1x1 and self.nsp >= 1
-                                 and self.channels >= 8) else 'nchw'
-        self.fold_bias = self.bias_term and self.group == 1 and not self.is_1x1
-        per_image = 0 if self.is_1x1 else 4 * self.channels * geom.kernel_count * geom.out_count
-        step = max(self.num, 1)
-        if per_image * self.num > COL_BUDGET_BYTES:
-            step = max(1, COL_BUDGET_BYTES // per_image)
-        self._chunks = [(s, min(s + step, self.num)) for s in range(0, max(self.num, 1), step)]
-        # with one chunk the forward's columns are kept for the weight gradient
-        self._keep_cols = len(self._chunks) == 1
+        plan = getattr(self, 'plan', None)
+        if plan is None or plan.geom is not self._geom or plan.num != self.num:
+            self.plan = ConvPlan(self._geom, self.num, self.channels, self.num_output,
+                                 self.group, self.bias_term)
 
     def _batch(self, a):
+        """A bottom's array as (num, C, *spatial)."""
         return a.reshape((self.num, self.channels) + self._geom.in_shape)
-
-    def _columns(self, x, i):
-        """GEMM operand for the batch slice ``x`` (n, C, *in): channels-first
-        (n, G, C/G*K [+1], P) or channels-last (n*P, K*C [+1]); the +1 is the ones of the
-        folded bias."""
-        xp = get_array_module(x)
-        geom, n, c = self._geom, x.shape[0], self.channels
-        ck, p, extra = c * geom.kernel_count, geom.out_count, int(self.fold_bias)
-        if self.layout == 'nhwc':
-            order = self._order_nhwc()
-            xt = geom.buffer('x_nhwc', (n,) + geom.in_shape + (c,), xp)
-            parallel.copyto(xt, x.transpose(order), xp)
-            buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
-            im2col(xt, geom, channels_last=True, out=split_axes(
-                buf[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)]))
-            if extra:
-                buf[:, ck] = 1.0
-            return buf
-        shape = (n, self.group, c // self.group * geom.kernel_count, p)
-        if self.is_1x1:
-            return x.reshape(shape)
-        buf = geom.buffer(('col', i), (n, ck + extra, p), xp)
-        im2col(x, geom, out=split_axes(buf[:, :ck], [n, (c,) + geom.kernel, geom.out_shape]))
-        if not extra:
-            return buf.reshape(shape)
-        buf[:, ck] = 1.0
-        return buf.reshape(n, 1, ck + 1, p)    # folded bias: group is 1
-
-    def _gemm_weights(self):
-        """(G, O/G, C/G*K) channels-first or (O, K*C) channels-last, + the bias column."""
-        w = self.weight(0)
-        if not self.fold_bias:
-            if self.layout == 'nhwc':
-                return w.transpose(self._order_nhwc()).reshape(self.num_output, -1)
-            return w.reshape(self.num_output, -1)
-        # written into one reused (O, K*C + 1) array: no concatenate allocation per pass
-        xp = get_array_module(w)
-        kc = w.size // self.num_output
-        mat = self._geom.buffer('gemm_weights', (self.num_output, kc + 1), xp)
-        if self.layout == 'nhwc':
-            # (O, C, *k) -> (O, *k, C) flattened to (O, K*C), matching the columns
-            wv = self._geom.view('gemm_weights_nhwc', mat, lambda b: split_axes(
-                b[:, :kc], [self.num_output, self._geom.kernel + (self.channels,)]))
-            xp.copyto(wv, w.transpose(self._order_nhwc()))
-        else:
-            xp.copyto(mat[:, :kc], w.reshape(self.num_output, kc))
-        xp.copyto(mat[:, kc], self.weight(1))
-        return mat
 
     def forward_impl(self, bottom, top):
         if self.num == 0:   # an empty batch (Caffe allows it): nothing to compute
             return
-        w = self._gemm_weights()
-        for i, (b, t) in enumerate(zip(bottom, top)):
-            x = self._batch(b.dev_data)
-            y = _nchw(t.mutable_dev_data, self.num, self.num_output)
-            for s, e in self._chunks:
-                if self.layout == 'nhwc':
-                    col = self._forward_nhwc(x[s:e], w, y[s:e], i)
-                else:
-                    col = self._forward_nchw(x[s:e], w, y[s:e], i)
-            self._cols[i] = col if self._keep_cols else None
-            if not self.fold_bias:
-                self._add_bias(y)
+        w = self.weight(0)
+        b = self.weight(1) if self.bias_term else None
+        for i, (bot, t) in enumerate(zip(bottom, top)):
+            self.plan.forward(self._batch(bot.dev_data), w, b, t.mutable_dev_data, i)
 
     def backward_impl(self, top, propagate_down, bottom):
         if self.num == 0:
             return
-        need_w = param_needs_grad(self, 0)
-        need_b = self.bias_term and param_needs_grad(self, 1)
-        for i, (t, b) in enumerate(zip(top, bottom)):
-            dy = _nchw(t.dev_diff, self.num, self.num_output)
-            if not self.fold_bias:
-                self._bias_grad(dy)
-            elif not (need_w or propagate_down[i]) and need_b:
-                self._bias_grad(dy)
-            if not (need_w or propagate_down[i]):
-                continue
-            dx = self._batch(b.mutable_dev_diff) if propagate_down[i] else None
-            for s, e in self._chunks:
-                col = self._cols.get(i)
-                if col is None:   # columns not kept (chunked batch): rebuild them, as Caffe does
-                    col = self._columns(self._batch(b.dev_data)[s:e], i)
-                back = self._backward_nhwc if self.layout == 'nhwc' else self._backward_nchw
-                back(dy[s:e], col, None if dx is None else dx[s:e], need_w,
-                     need_b and self.fold_bias)
-
-    def _accumulate_param_grads(self, g, need_w, need_b):
-        """g: (O, K*C [+1]) gradient of the GEMM weight matrix (bias last when folded)."""
-        kc = g.shape[1] - int(self.fold_bias)
-        if need_w:
-            dw = self.blobs[0].mutable_dev_diff
-            if self.layout == 'nhwc':
-                gw = g[:, :kc].reshape((self.num_output,) + self._geom.kernel
-                                       + (self.channels,))       # (O, *k, C)
-                dw += gw.transpose(self._order_nchw())
-            else:
-                dw += g[:, :kc].reshape(dw.shape)
-        if need_b:
-            self.blobs[1].mutable_dev_diff[...] += g[:, kc]
-
-    # channels-first: W (G, O/G, C/G*K) @ columns (n, G, C/G*K, P) ---------------------------
-    # Each thread unrolls its slice of the batch and runs that slice's per-image GEMMs with
-    # OpenBLAS held at one thread (one hand-off per pass).  The per-image products are far
-    # too small for OpenBLAS to thread well (LeNet conv1: 20x26x576): letting it thread each
-    # of them cost more than it saved.
-    def _forward_nchw(self, x, w, y, i):
-        """x (n, C, *in) -> y (n, O, P); returns the (n, G, C/G*K [+1], P) columns."""
-        xp = get_array_module(x)
-        geom, n, g, c = self._geom, x.shape[0], self.group, self.channels
-        wg = w.reshape(g, self.num_output // g, -1)
-        yg = y.reshape(n, g, self.num_output // g, -1)
-        if self.is_1x1:
-            col = x.reshape(n, g, c // g, geom.out_count)
-            windows = cols = None
-        else:
-            ck, extra = c * geom.kernel_count, int(self.fold_bias)
-            buf = geom.buffer(('col', i), (n, ck + extra, geom.out_count), xp)
-            windows = geom.view('windows', padded(x, geom, 0.0),     # (n, C, *k, *o)
-                                lambda b: window_view(b, geom))
-            cols = geom.view(('cols', i), buf, lambda b: split_axes(
-                b[:, :ck], [n, (c,) + geom.kernel, geom.out_shape]))
-            col = (buf.reshape(n, 1, ck + 1, -1) if extra
-                   else buf.reshape(n, g, c // g * geom.kernel_count, -1))
-
-        def work(s, e):
-            if cols is not None:
-                xp.copyto(cols[s:e], windows[s:e])
-                if self.fold_bias:
-                    buf[s:e, -1] = 1.0
-            xp.matmul(wg, col[s:e], out=yg[s:e])
-        parallel.blas_split(n, work, y.size + (0 if cols is None else buf.size), xp)
-        return col
-
-    def _backward_nchw(self, dy, col, dx, need_w, need_b):
-        xp = get_array_module(dy)
-        geom, n, g = self._geom, dy.shape[0], self.group
-        og = self.num_output // g
-        dy4 = dy.reshape(n, g, og, -1)
-        need_g = need_w or need_b
-        if need_g:
-            gws = geom.buffer('gw_nchw', (n, g, og, col.shape[-2]), xp)
-            colt = col.swapaxes(-1, -2)
-        if dx is not None:
-            wt = self.weight(0).reshape(g, og, -1).swapaxes(-1, -2)
-            if not self.is_1x1:
-                dcol = geom.buffer('dcol_nchw', (n, g, wt.shape[-2], geom.out_count), xp)
-                acc = (geom.buffer('dx_nchw_pad', (n, self.channels) + geom.padded_shape, xp)
-                       if geom.needs_pad else None)
-
-        def work(s, e):
-            if need_g:
-                xp.matmul(dy4[s:e], colt[s:e], out=gws[s:e])
-            if dx is None:
-                return
-            if self.is_1x1:
-                xp.matmul(wt, dy4[s:e], out=dx[s:e].reshape(col[s:e].shape))
-            else:
-                xp.matmul(wt, dy4[s:e], out=dcol[s:e])
-                col2im(dcol[s:e].reshape((e - s, self.channels) + geom.kernel
-                                         + geom.out_shape),
-                       geom, out=dx[s:e], acc=None if acc is None else acc[s:e])
-        parallel.blas_split(n, work, dy.size * max(1, col.shape[-2] // 4), xp)
-        if need_g:
-            # summed over the images after the join, in one order whatever the thread count
-            gw = gws.sum(axis=0)                                    # (G, O/G, C/G*K [+1])
-            self._accumulate_param_grads(gw.reshape(self.num_output, -1), need_w, need_b)
-
-    # channels-last: one GEMM (n*P, K*C) @ (K*C, O) ------------------------------------------
-    # Each thread takes a slice of the batch through the whole chain (transpose, im2col, GEMM
-    # on its rows, transpose back) with OpenBLAS held at one thread (ops.parallel.blas_split):
-    # one hand-off per layer pass, every step on both cores, no BLAS pool spinning against the
-    # workers.
-    def _order_nhwc(self):
-        return (0,) + tuple(range(2, 2 + self.nsp)) + (1,)
-
-    def _order_nchw(self):
-        return (0, self.nsp + 1) + tuple(range(1, self.nsp + 1))
-
-    def _forward_nhwc(self, x, wt, y, i):
-        """x (n, C, *in) -> y (n, O, P); returns the (n*P, K*C [+1]) columns."""
-        xp = get_array_module(x)
-        geom, n, c = self._geom, x.shape[0], self.channels
-        p, ck, extra, o = geom.out_count, c * geom.kernel_count, int(self.fold_bias), \
-            self.num_output
-        # the transposed input lives in a zero-bordered buffer: no separate padding copy
-        xt = geom.buffer('x_nhwc_pad', (n,) + geom.padded_shape + (c,), xp, fill=0.0)
-        inner = geom.view('x_nhwc_inner', xt,
-                          lambda b: b[(slice(None),) + geom.interior() + (slice(None),)])
-        windows = geom.view('x_nhwc_windows', xt,                    # (n, *o, *k, C)
-                            lambda b: window_view(b, geom, channels_last=True))
-        buf = geom.buffer(('col', i), (n * p, ck + extra), xp)
-        cols = geom.view(('cols', i), buf, lambda b: split_axes(
-            b[:, :ck], [(n,) + geom.out_shape, geom.kernel + (c,)]))
-        ym = geom.buffer('y_nhwc', (n * p, o), xp)
-        order = self._order_nhwc()
-        w = wt.T
-
-        def work(s, e):
-            xp.copyto(inner[s:e], x[s:e].transpose(order))
-            xp.copyto(cols[s:e], windows[s:e])
-            rows = slice(s * p, e * p)
-            if extra:
-                buf[rows, ck] = 1.0
-            xp.matmul(buf[rows], w, out=ym[rows])
-            xp.copyto(y[s:e], ym[rows].reshape(e - s, p, o).transpose(0, 2, 1))
-        parallel.blas_split(n, work, buf.size, xp)
-        return buf
-
-    def _backward_nhwc(self, dy, colm, dx, need_w, need_b):
-        xp = get_array_module(dy)
-        geom, n, o, c = self._geom, dy.shape[0], self.num_output, self.channels
-        p = geom.out_count
-        dym = geom.buffer('dy_nhwc', (n * p, o), xp)
-        need_g = need_w or need_b
-        if dx is not None:
-            # per-tap weights (K, O, C): tap t's input gradient is dy (rows, O) @ wk[t]
-            wk = geom.buffer('w_taps', (geom.kernel_count, o, c), xp)
-            xp.copyto(wk, self.weight(0).reshape(o, c, -1).transpose(2, 0, 1))
-            dxt = geom.buffer('dx_nhwc', (n,) + geom.in_shape + (c,), xp)
-            acc = (geom.buffer('dx_nhwc_pad', (n,) + geom.padded_shape + (c,), xp)
-                   if geom.needs_pad else None)
-            order = self._order_nchw()
-        # weight gradient (O, K*C [+1]): each thread's slice of the batch gives a partial sum
-        # over its rows, added up after the join (one pass over dy and the columns, while
-        # they are in cache, and one hand-off for the whole backward)
-        partial = {}
-
-        def work(s, e):
-            rows = slice(s * p, e * p)
-            xp.copyto(dym[rows].reshape(e - s, p, o), dy[s:e].transpose(0, 2, 1))
-            if need_g:
-                partial[s] = xp.matmul(dym[rows].T, colm[rows])
-            if dx is None:
-                return
-            # col2im fused with the GEMM, one kernel tap at a time: the tap's (rows, C) block
-            # is added into its window while it is still in cache, instead of writing all
-            # K blocks (8 MB on LeNet conv2) and reading them back (~5 % faster, 2 threads)
-            a = acc[s:e] if acc is not None else dxt[s:e]
-            a.fill(0)
-            block = geom.buffer(('dx_tap', s), ((e - s) * p, c), xp)
-            window = block.reshape((e - s,) + geom.out_shape + (c,))
-            dyr = dym[rows]
-            for t, (_, index) in enumerate(tap_indices(geom, channels_last=True)):
-                xp.matmul(dyr, wk[t], out=block)
-                dst = a[index]
-                dst += window
-            if acc is not None:
-                dxt[s:e] = a[(slice(None),) + geom.interior() + (slice(None),)]
-            xp.copyto(dx[s:e], dxt[s:e].transpose(order))
-        parallel.blas_split(n, work, dy.size * (1 + geom.kernel_count * c // 8), xp)
-        if need_g:
-            g = partial.pop(0)
-            for s in sorted(partial):
-                g += partial[s]
-            self._accumulate_param_grads(g, need_w, need_b)
+        w = self.weight(0)
+        dw = self.blobs[0].mutable_dev_diff if param_needs_grad(self, 0) else None
+        db = (self.blobs[1].mutable_dev_diff
+              if self.bias_term and param_needs_grad(self, 1) else None)
+        for i, (t, bot) in enumerate(zip(top, bottom)):
+            dx = self._batch(bot.mutable_dev_diff) if propagate_down[i] else None
+            self.plan.backward(self._batch(bot.dev_data), w, t.dev_diff, dx, dw, db, i)
 
 
 @register_layer('Deconvolution')

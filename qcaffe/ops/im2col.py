@@ -27,7 +27,7 @@ import itertools
 import numpy as np
 
 from ..backend import get_array_module
-from .parallel import batch_split
+from .parallel import for_chunks
 
 
 def as_strided(xp, a, shape, strides):
@@ -191,7 +191,7 @@ def padded(x, geom, value=0.0, channels_last=False, name='pad'):
 
     def work(s, e):
         inner[s:e] = x[s:e]
-    batch_split(x.shape[0], work, x.size, xp)
+    for_chunks(x.shape[0], x.size, work, xp)
     return buf
 
 
@@ -227,7 +227,7 @@ def im2col(x, geom, out=None, channels_last=False):
 
     def work(s, e):
         xp.copyto(out[s:e], view[s:e])
-    batch_split(out.shape[0], work, out.size, xp)
+    for_chunks(out.shape[0], out.size, work, xp)
     return out
 
 
@@ -275,5 +275,5 @@ def col2im(col, geom, out=None, channels_last=False, acc=None):
             dst += src
         if geom.needs_pad:
             out[s:e] = a[_spatial_index(geom.interior(), channels_last)]
-    batch_split(n, work, col.size, xp)
+    for_chunks(n, col.size, work, xp)
     return out

@@ -460,10 +460,8 @@ class Solver(object):
     # ----------------------------------------------------------------- updating
     # On the CPU a large param is updated in slices of this many elements, so the diff,
     # data, history and work slices (4-6 x 512 KiB) stay in cache across the 6-10 passes of
-    # normalize, regularize, the rule and data -= diff; the slices of a param are shared out
-    # over qcaffe's threads (LeNet update 1.35 -> 1.10 ms on 2 cores; with 2 threads, smaller
-    # slices lost the gain to per-call overhead).  Element-wise math: the result is identical
-    # for any slicing and thread count.
+    # normalize, regularize, the rule and data -= diff; the slices are shared out over
+    # qcaffe's threads.  Element-wise math: the floats are the same for any slicing.
     CHUNK = 131072
     whole_blob = False          # a rule needing whole-blob statistics (LARS norms) sets it
     num_temps = 1               # work arrays the rule uses (temp 0 is also regularize's)
@@ -499,34 +497,31 @@ class Solver(object):
                 mask = xp.asarray(mask).reshape(-1)     # a host mask moves to the device
             n = diff.size
 
-            def update(first, last, i=i, diff=diff, data=data, hist=hist, temps=temps,
+            def update(k, s, e, i=i, diff=diff, data=data, hist=hist, temps=temps,
                        local_decay=local_decay, mask=mask, xp=xp):
-                step = (last - first if (self.whole_blob or xp is not np)
-                        else self.CHUNK)
-                for s in range(first, last, step):
-                    e = min(last, s + step)
-                    g, w, tmp = diff[s:e], data[s:e], temps[0][s:e]
-                    if norm is not None:
-                        g *= norm
-                    if local_decay:
-                        if l1:
-                            xp.sign(w, out=tmp)
-                            tmp *= local_decay
-                        else:
-                            xp.multiply(w, local_decay, out=tmp)
-                        g += tmp
-                    h = [a[s:e] for a in hist]
-                    self.compute_update_value(i, rate, g, w, h, [t[s:e] for t in temps])
-                    if mask is not None:
-                        m = mask[s:e]
-                        g *= m
-                        for a in h:     # frozen entries also lose their history (NK INQ)
-                            a *= m
-                    w -= g              # Net::Update
-            if self.whole_blob or n < parallel.MIN_ELEMENTS:
-                update(0, n)    # small params: not worth a split (nor its bookkeeping)
-            else:   # element-wise: every core takes a contiguous part of a large param
-                parallel.batch_split(n, update, n, xp)
+                g, w, tmp = diff[s:e], data[s:e], temps[0][s:e]
+                if norm is not None:
+                    g *= norm
+                if local_decay:
+                    if l1:
+                        xp.sign(w, out=tmp)
+                        tmp *= local_decay
+                    else:
+                        xp.multiply(w, local_decay, out=tmp)
+                    g += tmp
+                h = [a[s:e] for a in hist]
+                self.compute_update_value(i, rate, g, w, h, [t[s:e] for t in temps])
+                if mask is not None:
+                    m = mask[s:e]
+                    g *= m
+                    for a in h:     # frozen entries also lose their history (NK INQ)
+                        a *= m
+                w -= g              # Net::Update
+            if self.whole_blob or xp is not np or n <= self.CHUNK:
+                update(0, 0, n)
+            else:
+                parallel.run([(s, min(n, s + self.CHUNK)) for s in range(0, n, self.CHUNK)],
+                             update)
         self.iter += 1
 
     def clip_gradients(self):
