@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import parallel
-from .im2col import col2im, padded, split_axes, tap_indices, window_view
+from .im2col import col2im, padded, split_axes, window_view
 
 # Columns larger than this are not kept from forward to backward (large images).
 COL_BUDGET_BYTES = 256 << 20
@@ -84,6 +84,18 @@ class ConvPlan(object):
         ck = self.channels * geom.kernel_count + int(self.fold_bias)
         return (geom.out_count, ck) if self.layout == 'nhwc' else (ck, geom.out_count)
 
+    def _scratch(self, name, shape, xp):
+        """A work array of the calling thread (reused by the chunks that thread runs, so it
+        stays in that core's cache); the last two shapes per name are kept."""
+        bufs = self._local.__dict__.setdefault(name, {})
+        key = (tuple(shape), xp.__name__)
+        buf = bufs.get(key)
+        if buf is None:
+            if len(bufs) > 1:          # a full chunk and the last, shorter one
+                bufs.clear()
+            buf = bufs[key] = xp.empty(shape, dtype=np.float32)
+        return buf
+
     def _column_buffers(self, i, xp):
         """``columns(s, e)``: the column buffer of images [s, e), (e-s, *per-image shape).
         Kept columns are slices of one whole-batch buffer per bottom ``i`` (made here, before
@@ -92,16 +104,7 @@ class ConvPlan(object):
         if self.keep_cols:
             whole = self.geom.buffer(('col', i), (self.num,) + shape, xp)
             return lambda s, e: whole[s:e]
-
-        def own(s, e):
-            bufs = self._local.__dict__.setdefault('bufs', {})
-            key = (e - s, xp.__name__)
-            if key not in bufs:
-                if len(bufs) > 1:       # a full chunk and the last, shorter one
-                    bufs.clear()
-                bufs[key] = xp.empty((e - s,) + shape, dtype=np.float32)
-            return bufs[key]
-        return own
+        return lambda s, e: self._scratch('cols', (e - s,) + shape, xp)
 
     def gemm_weights(self, w, b):
         """The weight matrix of this layout: channels-first (G, O/G, C/G*K [+1]), channels-last
@@ -122,7 +125,8 @@ class ConvPlan(object):
             xp.copyto(wv, w.transpose(self._order_nhwc()))
         else:
             xp.copyto(mat[:, :kc], w.reshape(o, kc))
-        xp.copyto(mat[:, kc], b)
+        if b is not None:           # (the backward wants the weights only)
+            xp.copyto(mat[:, kc], b)
         return mat if self.layout == 'nhwc' else mat.reshape(1, o, kc + 1)
 
     # ------------------------------------------------------------------- forward
@@ -297,13 +301,12 @@ class ConvPlan(object):
         partial = (geom.buffer('gw_nhwc', (len(self.bounds), o, width), xp)
                    if want_g else None)
         if dx is not None:
-            # per-tap weights (K, O, C): tap t's input gradient is dy (rows, O) @ wk[t]
-            wk = geom.buffer('w_taps', (geom.kernel_count, o, c), xp)
-            xp.copyto(wk, w.reshape(o, c, -1).transpose(2, 0, 1))
+            # the input gradient's columns (rows, K*C) = dy (rows, O) @ W as (O, K*C), the
+            # forward's weight matrix without the bias column; col2im adds them back
+            wmat = self.gemm_weights(w, None)[:, :c * geom.kernel_count]
             dxt = geom.buffer('dx_nhwc', (self.num,) + geom.in_shape + (c,), xp)
             acc = (geom.buffer('dx_nhwc_pad', (self.num,) + geom.padded_shape + (c,), xp)
                    if geom.needs_pad else None)
-            taps = tap_indices(geom, channels_last=True)
             order = self._order_nchw()
         columns = self._forward_columns(x, i, xp) if want_g else None
 
@@ -315,16 +318,13 @@ class ConvPlan(object):
                 xp.matmul(rows.T, col, out=partial[k])
             if dx is None:
                 return
-            a = acc[s:e] if acc is not None else dxt[s:e]
-            a.fill(0)
-            block = geom.buffer(('dx_tap', k), ((e - s) * p, c), xp)
-            window = block.reshape((e - s,) + geom.out_shape + (c,))
-            for t, (_, index) in enumerate(taps):
-                xp.matmul(rows, wk[t], out=block)
-                dst = a[index]
-                dst += window
-            if acc is not None:
-                dxt[s:e] = a[(slice(None),) + geom.interior() + (slice(None),)]
+            # a chunk's input-gradient columns are small enough to stay in cache until
+            # col2im has added them up (a per-thread buffer, reused chunk after chunk)
+            dcol = self._scratch('dcol', ((e - s) * p, wmat.shape[1]), xp)
+            xp.matmul(rows, wmat, out=dcol)
+            col2im(dcol.reshape((e - s,) + geom.out_shape + geom.kernel + (c,)), geom,
+                   out=dxt[s:e], channels_last=True,
+                   acc=None if acc is None else acc[s:e])
             xp.copyto(dx[s:e], dxt[s:e].transpose(order))
 
         def finish():

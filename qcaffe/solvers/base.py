@@ -472,7 +472,13 @@ class Solver(object):
         Per learnable param: normalize by ``iter_size``, regularize (L2/L1 with
         weight_decay * decay_mult), the rule's ``compute_update_value``, the optional update
         mask, and ``data -= diff``; the diff holds the applied step afterwards, as in Caffe.
+        BLAS (gradient norms of clip_gradients and LarsSGD) runs single-threaded, so the
+        update does not depend on the BLAS's thread count either.
         """
+        with parallel.blas_single_threaded():
+            self._apply_update()
+
+    def _apply_update(self):
         p = self.param
         rate = self.get_learning_rate()
         if p.display and self.iter % p.display == 0:
