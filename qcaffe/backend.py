@@ -1,7 +1,8 @@
 """Compute backend: CPU (numpy) or GPU (cupy), the active device, and the random generator.
 
 Caffe equivalent: the ``Caffe`` singleton (``Caffe::set_mode``, ``Caffe::SetDevice``,
-``Caffe::set_random_seed``, ``caffe_rng``).  Layer code never imports numpy or cupy directly for
+``Caffe::set_random_seed``, ``caffe_rng``, ``Caffe::solver_count`` / ``solver_rank`` /
+``multiprocess``).  Layer code never imports numpy or cupy directly for
 computation; it asks ``get_array_module(array)`` (Chainer's idiom) or ``xp()`` for the module that
 matches the current mode, so the same code runs on both backends.  cupy is imported only when
 GPU mode is requested.
@@ -11,7 +12,11 @@ import numpy as np
 CPU = 'cpu'
 GPU = 'gpu'
 
-_state = {'mode': CPU, 'device': 0, 'seed': None}
+_state = {'mode': CPU, 'device': 0, 'seed': None,
+          # data-parallel training (qcaffe.distributed): how many solvers train together and
+          # which one this process is; Data layers read every solver_count-th record from
+          # solver_rank on, and the solver seeds with random_seed + solver_rank
+          'solver_count': 1, 'solver_rank': 0, 'multiprocess': False}
 _cupy = None
 _rng = np.random.RandomState()
 
@@ -72,6 +77,39 @@ def device_id():
     return _state['device']
 
 
+def solver_count():
+    """Caffe: ``Caffe::solver_count``: solvers training together (1 = no data parallelism)."""
+    return _state['solver_count']
+
+
+def set_solver_count(count):
+    count = int(count)
+    if count < 1:
+        raise ValueError('solver_count must be >= 1, got %d' % count)
+    _state['solver_count'] = count
+
+
+def solver_rank():
+    """Caffe: ``Caffe::solver_rank``: this process's solver, 0 = the root solver."""
+    return _state['solver_rank']
+
+
+def set_solver_rank(rank):
+    rank = int(rank)
+    if rank < 0:
+        raise ValueError('solver_rank must be >= 0, got %d' % rank)
+    _state['solver_rank'] = rank
+
+
+def multiprocess():
+    """Caffe: ``Caffe::multiprocess``: one solver per process (always so in qcaffe)."""
+    return _state['multiprocess']
+
+
+def set_multiprocess(value):
+    _state['multiprocess'] = bool(value)
+
+
 def xp():
     """The array module of the current mode (numpy or cupy)."""
     return cupy_module() if _state['mode'] == GPU else np
@@ -111,6 +149,15 @@ def set_random_seed(seed):
     _rng = np.random.RandomState(seed if seed >= 0 else None)
     if _cupy is not None and seed >= 0:
         _cupy.random.seed(seed)
+
+
+def rank_seed(state_keys, rank):
+    """A seed for solver ``rank``'s own random stream, derived from ``state_keys`` (the key
+    array of a RandomState state).  A snapshot holds the root solver's streams; after a
+    data-parallel resume the other ranks split theirs off this way, so they stay distinct."""
+    import zlib
+    return int(np.random.SeedSequence([zlib.crc32(np.asarray(state_keys).tobytes()),
+                                       int(rank)]).generate_state(1)[0])
 
 
 def rng():

@@ -57,6 +57,24 @@ class SyncedArray(object):
             self.head = _DEVICE
         return self.device
 
+    def adopt(self, flat):
+        """Keep this buffer in ``flat`` from now on (a 1-D float32 numpy or cupy array of
+        ``size`` elements, typically a slice of a larger buffer), contents preserved.
+
+        Caffe: ``SyncedMemory::set_cpu_data`` / ``set_gpu_data``, which parallel.cpp's
+        ``apply_buffers`` uses to lay all gradients out in one buffer for the all-reduce.
+        Blobs sharing this buffer (``share_diff``) follow, as they hold this object.
+        """
+        if flat.shape != (self.size,):
+            raise ValueError('adopt needs a flat array of %d elements, got shape %s'
+                             % (self.size, flat.shape))
+        if isinstance(flat, np.ndarray):
+            flat[...] = self.host_array(False)
+            self.host, self.head = flat, _HOST
+        else:
+            flat[...] = self.device_array(False)
+            self.device, self.head = flat, _DEVICE
+
 
 def _as_shape(args):
     if len(args) == 1 and not np.isscalar(args[0]):
@@ -336,6 +354,11 @@ class Blob(object):
             raise ValueError('share_diff needs equal counts: %s vs %s'
                              % (self.shape_string(), other.shape_string()))
         self._diff = other._diff
+
+    def adopt_diff(self, flat):
+        """Keep the diff in ``flat`` from now on (see :meth:`SyncedArray.adopt`); the data
+        parallel trainer points every learnable diff into one gradient buffer this way."""
+        self._diff.adopt(flat)
 
     def shares_data_with(self, other):
         return self._data is other._data

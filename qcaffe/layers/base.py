@@ -225,6 +225,11 @@ class Layer(object):
         """Indices of blobs a solver updates (masks and statistics may be excluded)."""
         return list(range(len(self.blobs)))
 
+    # True when extra_state() belongs to this process's solver in data-parallel training
+    # (a data layer's read position and random stream); other layers' state is kept the same
+    # on every rank (qcaffe.distributed broadcasts the root's).
+    per_rank_state = False
+
     def extra_state(self):
         """Serialisable layer state beyond blobs (DNS mu/sigma, INQ flags): a dict of arrays."""
         return {}

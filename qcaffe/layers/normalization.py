@@ -72,6 +72,12 @@ class BatchNormLayer(Layer):
                       'parameters (param %d has lr_mult %g; BatchNorm blobs need lr_mult 0).',
                       i, self.layer_param.param[i].lr_mult)
 
+    def learnable_blob_indices(self):
+        """None: the blobs are statistics, changed by Forward only (lr_mult 0 gives the same
+        in every update rule but LarsSGD, which ignores lr_mult).  Data-parallel training
+        keeps such blobs equal across ranks by broadcasting the root's (qcaffe.distributed)."""
+        return []
+
     def reshape(self, bottom, top):
         if bottom[0].num_axes > 1 and bottom[0].shape[1] != self.channels:
             _fail(self, 'bottom shape %s has %d channels, the layer was set up for %d.',
