@@ -93,7 +93,7 @@ class Solver(object):
     num_history_sets = 1        # AdaDelta / Adam keep 2 (history_ is 2N blobs in Caffe)
     net_class = Net             # pycaffe substitutes its Net subclass here
 
-    def __init__(self, param, source=None, rank=0):
+    def __init__(self, param, source=None, rank=None):
         if isinstance(param, caffe_pb2.SolverParameter):
             p = caffe_pb2.SolverParameter()
             p.CopyFrom(param)
@@ -104,7 +104,8 @@ class Solver(object):
             self.source = os.fsdecode(os.fspath(param))
             p = read_solver_param(self.source)
         self.param = p
-        self.rank = rank
+        self.rank = backend.solver_rank() if rank is None else int(rank)
+        self.collective = None          # qcaffe.distributed.DataParallel when data-parallel
         self.callbacks = []
         self.action_function = None
         self.requested_early_exit = False
@@ -289,6 +290,24 @@ class Solver(object):
     def learnable_params(self):
         return [p.blob for p in self._params]
 
+    @property
+    def update_params(self):
+        """Per learnable param: ``blob``, ``layer``, ``index`` (in the layer) and ``learnable``
+        (False: a mask or statistic the update never moves)."""
+        return list(self._params)
+
+    # Collective seam (architecture.md): with data parallelism (qcaffe.distributed) only the
+    # root solver tests and snapshots, and what the root decides (stop, snapshot) holds on
+    # every rank; the gradient all-reduce runs in the callbacks, between backward and update.
+    @property
+    def is_root(self):
+        """Caffe: ``Caffe::root_solver()``."""
+        return self.rank == 0
+
+    def decide(self, value):
+        """The root solver's ``value`` on every rank (identity without data parallelism)."""
+        return value if self.collective is None else self.collective.decide(value)
+
     def add_callback(self, on_start, on_gradients_ready=None):
         """Caffe: ``add_callback``: an object with ``on_start()`` / ``on_gradients_ready()``,
         or pycaffe's two zero-argument callables."""
@@ -336,7 +355,8 @@ class Solver(object):
             self.restore(resume_file)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
-        if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
+        if self.is_root and p.snapshot_after_train and (not p.snapshot
+                                                        or self.iter % p.snapshot != 0):
             self.snapshot()
         if self.requested_early_exit:
             log.info('Optimization stopped early.')
@@ -345,7 +365,7 @@ class Solver(object):
             _, loss = self.net.forward_prefilled()
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             log.info('Iteration %d, loss = %s', self.iter, fmt(self.smoothed_loss))
-        if p.test_interval and self.iter % p.test_interval == 0:
+        if self.is_root and p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
         log.info('Optimization Done.')
 
@@ -365,8 +385,10 @@ class Solver(object):
             net.clear_param_diffs()
             if (p.test_interval and self.iter % p.test_interval == 0
                     and (self.iter > 0 or p.test_initialization)):
-                self.test_all()
-                if self.requested_early_exit:
+                if self.is_root:
+                    self.test_all()
+                if self.decide(self.requested_early_exit):
+                    self.requested_early_exit = True
                     break
             for cb in self.callbacks:
                 cb.on_start()
@@ -391,8 +413,9 @@ class Solver(object):
             for cb in self.callbacks:
                 cb.on_gradients_ready()
             self.apply_update()
-            request = self.get_requested_action()
-            if (p.snapshot and self.iter % p.snapshot == 0) or request == solver_action.SNAPSHOT:
+            request = self.decide(self.get_requested_action())
+            if self.is_root and ((p.snapshot and self.iter % p.snapshot == 0)
+                                 or request == solver_action.SNAPSHOT):
                 self.snapshot()
             if request == solver_action.STOP:
                 self.requested_early_exit = True
@@ -612,7 +635,7 @@ class Solver(object):
     def check_snapshot_write_permissions(self, force=False):
         """Caffe: ``CheckSnapshotWritePermissions``: create and delete a probe file."""
         p = self.param
-        if not (p.snapshot or force):
+        if not (p.snapshot or force) or not self.is_root:   # Caffe: the root solver's files
             return
         if p.snapshot and not p.HasField('snapshot_prefix'):
             self._fail('snapshot_prefix', 'snapshot is specified but snapshot_prefix is not')
