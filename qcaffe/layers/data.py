@@ -5,6 +5,14 @@ image_data,data,base_data}_layer.cpp.  Data and ImageData load batches on a back
 (:mod:`qcaffe.data.prefetch`, Caffe's BasePrefetchingDataLayer) and transform them with
 :class:`qcaffe.data.DataTransformer`; the forward pass only copies a ready batch into the tops.
 Label tops are 1-D ``(batch_size,)`` float32, as in Caffe.
+
+Data-parallel training (``qcaffe.distributed``): in the TRAIN phase, Data and HDF5Data layers
+of solver ``solver_rank`` of ``solver_count`` read the records ``rank, rank + count,
+rank + 2*count, ...`` of their source (Caffe: ``DataLayer::Skip`` / ``HDF5DataLayer::Skip``,
+record by record), so the solvers see disjoint data and one iteration covers the records one
+solver would read at ``iter_size: solver_count``.  Their read position is that of the whole
+stream (the same on every rank), so a snapshot resumes at any number of ranks.  ImageData and
+MemoryData do not stride (as in Caffe).
 """
 import os
 
@@ -31,6 +39,14 @@ def _set_top(blob, host_array):
 
 def _blob_shape(shape_proto):
     return tuple(int(d) for d in shape_proto.dim)
+
+
+def _share(layer):
+    """(stride, offset) of this solver's records: (solver_count, solver_rank) in TRAIN,
+    (1, 0) in TEST (Caffe: only the root solver tests, over all the data)."""
+    if layer.phase == caffe_pb2.TRAIN:
+        return backend.solver_count(), backend.solver_rank()
+    return 1, 0
 
 
 # ----------------------------------------------------------------------------- Input
@@ -131,6 +147,7 @@ class MemoryDataLayer(Layer):
     """
     exact_num_bottom = 0
     exact_num_top = 2
+    per_rank_state = True
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.memory_data_param
@@ -230,6 +247,7 @@ class HDF5DataLayer(Layer):
     """
     exact_num_bottom = 0
     min_top = 1
+    per_rank_state = True
 
     def layer_setup(self, bottom, top):
         p = self.layer_param.hdf5_data_param
@@ -246,6 +264,13 @@ class HDF5DataLayer(Layer):
         log.info('Number of HDF5 files: %d', len(self.files))
         self.names = list(self.layer_param.top)
         self.shuffle = bool(p.shuffle)
+        self.stride, self.offset = _share(self)
+        if self.shuffle and self.stride > 1:
+            # the ranks would shuffle differently (each has its own random stream), so their
+            # every-N-th rows would overlap
+            raise LayerError('Layer %r: hdf5_data_param.shuffle is not supported with %d '
+                             'data-parallel solvers; shuffle the HDF5 files beforehand or use '
+                             'a Data layer' % (self.name, self.stride))
         self.rng = np.random.RandomState(int(backend.rng().randint(0, 2 ** 31 - 1)))
         self.file_perm = np.arange(len(self.files))
         if self.shuffle:
@@ -327,7 +352,7 @@ class HDF5DataLayer(Layer):
         pass
 
     def forward_impl(self, bottom, top):
-        b = self.batch_size
+        b = self.batch_size * self.stride     # this solver keeps every stride-th row
         outs = [np.empty((b,) + self.arrays[n].shape[1:], np.float32) for n in self.names]
         filled = 0
         # One slice per file segment: a batch spans at most a few files.
@@ -341,7 +366,7 @@ class HDF5DataLayer(Layer):
             if self.current_row == self.rows:
                 self._next_file()
         for t, out in zip(top, outs):
-            _set_top(t, out)
+            _set_top(t, out[self.offset::self.stride])
 
     def backward_impl(self, top, propagate_down, bottom):
         pass
@@ -411,6 +436,7 @@ class BasePrefetchingDataLayer(Layer):
     exact_num_bottom = 0
     min_top = 1
     max_top = 2
+    per_rank_state = True
 
     def layer_setup(self, bottom, top):
         self.output_labels = len(top) > 1
@@ -497,6 +523,9 @@ class BasePrefetchingDataLayer(Layer):
         pos, has_gauss = (int(x) for x in state['rng_pos'])
         rng.set_state(('MT19937', np.asarray(state['rng_keys'], np.uint32), pos, has_gauss,
                        float(state['rng_gauss'])))
+        if backend.solver_rank() > 0:   # the snapshot holds the root's stream: split it off
+            rng = np.random.RandomState(backend.rank_seed(state['rng_keys'],
+                                                          backend.solver_rank()))
         self._start_prefetch(rng)
 
     def stop_prefetch(self):
@@ -546,6 +575,7 @@ class DataLayer(BasePrefetchingDataLayer):
         self.force_color = bool(p.force_encoded_color or
                                 self.layer_param.transform_param.force_color)
         self.force_gray = bool(self.layer_param.transform_param.force_gray)
+        self.stride, self.offset = _share(self)
         self.reader = LMDBReader(p.source, self.name)
         if p.rand_skip:
             skip = int(backend.rng().randint(0, p.rand_skip))
@@ -573,21 +603,26 @@ class DataLayer(BasePrefetchingDataLayer):
             self.reader.seek(int(state['position']))
 
     def load_batch(self, batch, rng):
+        # the next stride*batch_size records of the stream; this solver's are every
+        # stride-th from offset on (all of them without data parallelism)
+        span = self.stride * self.batch_size
         if self.memory is not None:
             data, labels = self.memory.data, self.memory.labels
-            n, b, pos = len(labels), self.batch_size, self.pos
-            if pos + b <= n:
-                raw, lab = data[pos:pos + b], labels[pos:pos + b]  # views, no copy
+            n, pos = len(labels), self.pos
+            first, last = pos + self.offset, pos + span
+            if last <= n:
+                raw = data[first:last:self.stride]          # views, no copy
+                lab = labels[first:last:self.stride]
             else:
-                idx = (pos + np.arange(b)) % n
+                idx = np.arange(first, last, self.stride) % n
                 raw, lab = data[idx], labels[idx]
-            if pos + b >= n:
+            if last >= n:
                 log.info('Restarting data prefetching from start.')
-            self.pos = (pos + b) % n
+            self.pos = last % n
             self.transform_into(batch, raw, rng)
             batch['label'][...] = lab
             return
-        values = self.reader.next_values(self.batch_size)
+        values = self.reader.next_values(span)[self.offset::self.stride]
         raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name,
                                     ragged=True)
         self.transform_into(batch, raw, rng)
@@ -637,6 +672,10 @@ class ImageDataLayer(BasePrefetchingDataLayer):
         if self.shuffle:
             log.info('Shuffling data')
             self.order = backend.rng().permutation(len(self.lines))
+        elif _share(self)[1] > 0 and not p.rand_skip:
+            # Caffe: ImageData does not stride; unshuffled, every solver reads the same images
+            log.warning('Layer %s: shuffling or skipping recommended for multi-GPU (every '
+                        'solver reads the same images in the same order)', self.name)
         log.info('A total of %d images.', len(self.lines))
         self.pos = 0
         if p.rand_skip:
