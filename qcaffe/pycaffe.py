@@ -20,6 +20,7 @@ import numpy as np
 
 from . import backend
 from .blob import Blob, BlobVec
+from .distributed import DataParallel
 from .io.errors import ModelFileNotFoundError, QcaffeError
 from .net import Net as _CoreNet
 from .net import NetError
@@ -98,46 +99,89 @@ class _CurrentStderr(object):
         sys.stderr.flush()
 
 
-# Data-parallel bookkeeping.  Caffe stores these in its per-process singleton; qcaffe trains in
-# one process, so the values are Caffe's single-process ones unless a script sets them.
-_parallel = {'solver_count': 1, 'solver_rank': 0, 'multiprocess': False}
-
-
+# Data-parallel training (qcaffe.distributed).  Caffe keeps these values in its per-process
+# singleton; qcaffe in qcaffe.backend, where the solver (seed + rank) and the Data layers
+# (every solver_count-th record from solver_rank on) read them.
 def solver_count():
-    return _parallel['solver_count']
+    return backend.solver_count()
 
 
 def set_solver_count(count):
-    _parallel['solver_count'] = int(count)
+    backend.set_solver_count(count)
 
 
 def solver_rank():
-    return _parallel['solver_rank']
+    return backend.solver_rank()
 
 
 def set_solver_rank(rank):
-    _parallel['solver_rank'] = int(rank)
+    backend.set_solver_rank(rank)
 
 
 def set_multiprocess(value):
-    _parallel['multiprocess'] = bool(value)
+    backend.set_multiprocess(value)
 
 
 def has_nccl():
-    """False: qcaffe has no NCCL multi-GPU path (pycaffe builds without USE_NCCL say the same)."""
-    return False
+    """True when :class:`NCCL` works in this process: cupy with NCCL (GPU processes) or mpi4py
+    (processes started by mpiexec).  pycaffe: True in builds made with USE_NCCL."""
+    from .distributed import nccl_module
+    if nccl_module() is not None:
+        return True
+    try:
+        import mpi4py  # noqa: F401  (not mpi4py.MPI: that would start MPI)
+    except ImportError:
+        return False
+    return True
 
 
-class NCCL(object):
-    """pycaffe ``caffe.NCCL``: only exists in NCCL builds; qcaffe has none."""
+class NCCL(DataParallel):
+    """pycaffe ``caffe.NCCL(solver, uid)``: this process's solver trains together with the
+    solvers of the other ``solver_count()`` processes (Caffe: ``NCCL<Dtype>``, a
+    :class:`qcaffe.distributed.DataParallel`).  Wire it as python/train.py does:
+    ``nccl.bcast()``, ``solver.add_callback(nccl)`` and, with ``layer_wise_reduce``,
+    ``solver.net.after_backward(nccl)``.
 
-    def __init__(self, *args, **kwargs):
-        raise QcaffeError('caffe.NCCL: qcaffe has no NCCL multi-GPU support (has_nccl() is '
-                          'False); train with one solver per process instead.')
+    * GPU mode and cupy with NCCL: an NCCL communicator from ``uid`` (one ``NCCL.new_uid()``
+      handed to every process, as python/train.py does; under mpiexec the root's uid is used);
+    * otherwise (CPU): the processes must be the ranks of ``mpiexec -n <solver_count()>``;
+      ``uid`` is not needed.  The workers python/train.py forks are not MPI ranks, so its
+      flow runs on GPUs (NCCL); on CPUs run the same calls in processes started by mpiexec.
+    """
+
+    def __init__(self, solver, uid):
+        super().__init__(solver, _communicator(uid))
 
     @staticmethod
     def new_uid():
-        raise QcaffeError('caffe.NCCL.new_uid: qcaffe has no NCCL support (has_nccl() is False)')
+        """Caffe: ``NCCL::new_uid``: an NCCL unique id (bytes); without NCCL, random bytes
+        (CPU ranks meet through MPI and do not use it)."""
+        from .distributed import nccl_module, new_nccl_uid
+        return new_nccl_uid() if nccl_module() is not None else os.urandom(128)
+
+
+def _communicator(uid):
+    from .distributed import (DistributedError, LocalCommunicator, MPICommunicator,
+                              NCCLCommunicator, launched_by_mpi, nccl_module)
+    count, rank = backend.solver_count(), backend.solver_rank()
+    world = MPICommunicator() if launched_by_mpi() else None
+    if world is not None and (world.size, world.rank) != (count, rank):
+        raise DistributedError('caffe.NCCL: this process is MPI rank %d of %d but solver_rank '
+                               '%d of solver_count %d; set caffe.set_solver_count(%d) and '
+                               'caffe.set_solver_rank(%d) before building the solver'
+                               % (world.rank, world.size, rank, count, world.size, world.rank))
+    if backend.is_gpu() and nccl_module() is not None:
+        if world is not None:
+            uid = world.bcast_object(uid)
+        return NCCLCommunicator(uid, count, rank, host=world)
+    if world is not None:
+        return world
+    if count == 1:
+        return LocalCommunicator()
+    raise DistributedError('caffe.NCCL on the CPU joins MPI processes: start the %d processes '
+                           'with mpiexec -n %d (the workers python/train.py forks are not MPI '
+                           'ranks; with GPUs and cupy\'s NCCL they meet through the uid)'
+                           % (count, count))
 
 
 class Timer(object):

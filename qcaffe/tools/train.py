@@ -11,11 +11,18 @@ and test nets, and runs ``Solve``.
 
 --iterations (not a Caffe train flag) overrides ``max_iter``: handy for short runs and tests.
 
+Several solvers (Caffe's multi-GPU training, :mod:`qcaffe.distributed`): under
+``mpiexec -n N`` every process is one solver (CPU, or with --gpu the device of its rank on its
+machine); ``--gpu 0,1`` / ``--gpu all`` outside mpiexec starts one process per GPU through
+mpiexec.  Rank 0 tests, logs and snapshots; an error on any rank ends them all.
+
 Signals: :class:`qcaffe.solvers.action.SignalHandler` only records a received signal; the
 solver polls its action function (Caffe's ``GetActionFunction``) once per iteration and during
 testing and acts on the answer ('stop', 'snapshot' or 'none').
 """
 import logging
+import sys
+
 from . import ArgumentParser, ToolError, add_level_stage_flags, gpu_name, parse_gpu_ids, require_file, require_flag
 from . import run_main, select_gpu, split_list
 from ..proto import caffe_pb2
@@ -53,7 +60,7 @@ def read_solver(path):
     return read_solver_param(path)
 
 
-def choose_devices(args, solver_param):
+def requested_gpus(args, solver_param):
     """caffe.cpp: --gpu, else ``solver_mode: GPU`` set explicitly in the file, else the CPU."""
     from .. import backend
     spec = args.gpu
@@ -66,24 +73,25 @@ def choose_devices(args, solver_param):
         log.warning('The solver file asks for solver_mode: GPU but no GPU is usable (cupy '
                     'not installed or no CUDA device); training on the CPU.')
         spec = ''
-    gpus = parse_gpu_ids(spec)
+    return parse_gpu_ids(spec)
+
+
+def use_device(gpus, solver_param, local_rank=0, local_size=1):
+    """Select this process's device: ``gpus[local_rank]`` (the CPU when ``gpus`` is empty)."""
+    from .. import backend
+    from ..distributed.launch import local_device
     if not gpus:
         log.info('Use CPU.')
         backend.set_mode_cpu()
         solver_param.solver_mode = caffe_pb2.SolverParameter.CPU
-        return gpus
-    if len(gpus) > 1:
-        # Caffe runs one solver per GPU through NCCL; qcaffe trains on one device.
-        log.warning('Multi-GPU training is not supported: using GPU %d only (of %s)',
-                    gpus[0], ','.join(str(g) for g in gpus))
-        gpus = gpus[:1]
+        return None
     log.info('Using GPUs %s', ','.join(str(g) for g in gpus))
-    select_gpu(gpus[0])
-    for g in gpus:
-        log.info('GPU %d: %s', g, gpu_name(g))
-    solver_param.device_id = gpus[0]
+    device = local_device(gpus, local_rank, local_size)
+    select_gpu(device)
+    log.info('GPU %d: %s', device, gpu_name(device))
+    solver_param.device_id = device
     solver_param.solver_mode = caffe_pb2.SolverParameter.GPU
-    return gpus
+    return device
 
 
 def make_solver(solver_param, source):
@@ -92,11 +100,15 @@ def make_solver(solver_param, source):
     return create_solver(solver_param, source=source)
 
 
-def run(args):
+def run(args, argv=(), prog='train'):
     require_flag(args.solver, 'solver', 'a solver definition to train')
     if args.snapshot and args.weights:
         raise ToolError('Give a snapshot to resume training or weights to finetune but not '
                         'both.')
+    for name in ('sigint_effect', 'sighup_effect'):
+        if getattr(args, name) not in EFFECTS:
+            raise ToolError('--%s must be one of %s, got %r'
+                            % (name, ', '.join(EFFECTS), getattr(args, name)))
     solver_param = read_solver(args.solver)
     solver_param.train_state.level = args.level
     solver_param.train_state.stage.extend(split_list(args.stage))
@@ -112,12 +124,32 @@ def run(args):
         for path in split_list(args.weights):
             require_file(path, 'weights file (--weights)')
             solver_param.weights.append(path)
-    choose_devices(args, solver_param)
+    gpus = requested_gpus(args, solver_param)
 
-    for name in ('sigint_effect', 'sighup_effect'):
-        if getattr(args, name) not in EFFECTS:
-            raise ToolError('--%s must be one of %s, got %r'
-                            % (name, ', '.join(EFFECTS), getattr(args, name)))
+    from ..distributed import launch
+    world = launch.world()      # the ranks of mpiexec, None outside it
+    if world is None and len(gpus) > 1:
+        # Caffe runs one solver thread per GPU; qcaffe one process per GPU, as MPI ranks
+        return launch.relaunch(argv, len(gpus))
+    if world is None or world.size == 1:
+        use_device(gpus[:1], solver_param)
+        return train(args, solver_param)
+    with launch.abort_on_error(world, prog):
+        from .. import backend
+        from ..distributed import quiet_non_root
+        backend.set_solver_count(world.size)
+        backend.set_solver_rank(world.rank)
+        backend.set_multiprocess(True)
+        quiet_non_root(world.rank)
+        local_rank, local_size = world.local()
+        log.info('Data-parallel training: %d solvers (MPI ranks), %d on this machine',
+                 world.size, local_size)
+        device = use_device(gpus, solver_param, local_rank, local_size)
+        return train(args, solver_param, launch.communicator(world, device is not None))
+
+
+def train(args, solver_param, comm=None):
+    """Caffe: the solver part of ``train()`` (+ ``NCCL::Run`` when ``comm`` joins ranks)."""
     from ..solvers import SignalHandler
     with SignalHandler(args.sigint_effect, args.sighup_effect) as handler:
         # Caffe builds the solver (and probes the snapshot prefix) before training starts.
@@ -126,11 +158,23 @@ def run(args):
         if args.snapshot:
             log.info('Resuming from %s', args.snapshot)
             solver.restore(args.snapshot)
+        parallel = None
+        if comm is not None:
+            from ..distributed import DataParallel
+            parallel = DataParallel(solver, comm)
+            parallel.bcast()
+            parallel.attach()
         log.info('Starting Optimization')
-        solver.solve()
+        if solver.is_root:
+            solver.solve()
+        else:   # Caffe's worker solvers only Step; the root tests and snapshots
+            solver.step(solver.param.max_iter - solver.iter)
+        if parallel is not None:
+            parallel.check_replicas()
     log.info('Optimization Done.')
     return 0
 
 
 def main(argv=None, prog='train', command=None):
-    return run_main(build_parser, run, argv, prog)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(build_parser, lambda args: run(args, argv, prog), argv, prog)
