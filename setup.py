@@ -12,14 +12,17 @@ setup(
     python_requires='>=3.9',
     install_requires=['numpy>=1.22', 'protobuf>=5.26', 'lmdb>=1.0', 'threadpoolctl>=3.1'],
     extras_require={
-        'test': ['pytest>=7'],
+        # mpi4py + an MPI (the mpich wheel) run the 2-rank training tests under mpiexec
+        'test': ['pytest>=7', 'mpi4py', 'mpich'],
+        # data-parallel training; on a cluster, mpi4py built against the cluster's MPI
+        'mpi': ['mpi4py'],
         'hdf5': ['h5py'],
         'image': ['pillow'],
         'plot': ['matplotlib'],
         'gpu': ['cupy-cuda12x'],
         'draw': ['pydot'],
         'bench': ['torch'],
-        'dev': ['pytest>=7', 'grpcio-tools', 'h5py', 'pillow'],
+        'dev': ['pytest>=7', 'grpcio-tools', 'h5py', 'pillow', 'mpi4py', 'mpich'],
     },
     entry_points={'console_scripts': ['qcaffe=qcaffe.cli:main']},
 )
