@@ -34,7 +34,8 @@ from qcaffe.distributed import launch
 from qcaffe.distributed.comm import _Done
 from qcaffe.io import load_weights_file
 from qcaffe.io.solverstate import read_solver_state
-from qcaffe.layers.base import LayerError
+from qcaffe.layers.base import LayerError, register_layer
+from qcaffe.layers.common import InnerProductLayer
 from qcaffe.solvers import create_solver
 from qcaffe.testing import make_layer
 
@@ -297,6 +298,103 @@ def test_check_replicas_names_the_rank_and_the_blob(project, solvers):
     # a rank whose solver was built for another rank or count is refused
     with pytest.raises(DistributedError, match='set_solver_count'):
         DataParallel(solver, RecordingComm(size=3))
+
+
+@register_layer('RankCountingInnerProduct')
+class RankCountingInnerProduct(InnerProductLayer):
+    """InnerProduct with layer state beyond blobs that depends on the data (as DNS mu/sigma
+    or INQ progress may): the sum of every input seen."""
+
+    def layer_setup(self, bottom, top):
+        super().layer_setup(bottom, top)
+        self.seen = 0.0
+
+    def forward_impl(self, bottom, top):
+        super().forward_impl(bottom, top)
+        self.seen += float(bottom[0].data.sum())
+
+    def extra_state(self):
+        return {'seen': np.array(self.seen)}
+
+    def load_extra_state(self, state):
+        self.seen = float(state['seen'])
+
+
+class Loopback(LocalCommunicator):
+    """Two ranks in one process: what rank 0 broadcasts, rank 1 receives (rank 0 runs
+    first)."""
+    size = 2
+
+    def __init__(self, rank, wire):
+        self.rank, self.wire = rank, wire
+
+    def bcast(self, array, root=0):
+        if self.rank == root:
+            self.wire.append(array.copy())
+        else:
+            array[...] = self.wire.pop(0)
+
+    def bcast_object(self, obj, root=0):
+        if self.rank == root:
+            self.wire.append(obj)
+            return obj
+        return self.wire.pop(0)
+
+    def allgather_object(self, obj):
+        return [obj, obj]
+
+
+STATEFUL_NET = '''name: "stateful"
+layer { name: "data" type: "Data" top: "data" top: "label"
+  transform_param { scale: 0.00390625 } data_param { source: "db" batch_size: 8 backend: LMDB } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  activations_compress: "Clip"
+  convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "ip" type: "RankCountingInnerProduct" bottom: "conv" top: "ip"
+  weights_compress: "ULQ" weights_compress_param { maxbits: 2 }
+  inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+'''
+
+
+def test_state_beyond_gradients_is_the_roots_on_every_rank(project, solvers):
+    """Statistics (BatchNorm), layer extra_state and compression parameters depend on each
+    rank's data; after the broadcast at start and after every backward pass they are the
+    root's everywhere, so the replicas' checksums agree."""
+    (project / 'stateful_net.prototxt').write_text(STATEFUL_NET)
+    (project / 'stateful.prototxt').write_text(SOLVER % dict(
+        net='stateful_net.prototxt', prefix='stateful', extra=''))
+    (project / 'snap').mkdir(exist_ok=True)
+    solvers.set_solver_count(2)
+    wire, ranks = [], []
+    old = os.getcwd()
+    os.chdir(str(project))
+    try:
+        for rank in (0, 1):
+            solvers.set_solver_rank(rank)       # seed + rank, records rank, rank + 2, ...
+            solver = create_solver(_read(project / 'stateful.prototxt'), source='stateful')
+            ranks.append((solver, DataParallel(solver, Loopback(rank, wire))))
+    finally:
+        os.chdir(old)
+    (s0, dp0), (s1, dp1) = ranks
+    assert [n for n, _ in dp0.state_layers] == ['ip']
+    assert [n for n, _ in dp0.compressed] == ['conv', 'ip']
+    assert len(dp0.state_blobs) == 3          # BatchNorm's mean, variance, factor
+    assert dp0.checksums() != dp1.checksums()     # other initial weights (seed + rank)
+    dp0.bcast()
+    dp1.bcast()
+    assert dp0.checksums() == dp1.checksums() and not wire
+    for s in (s0, s1):
+        s.net.forward_backward()
+    differ = [w for (w, a), (_, b) in zip(dp0.checksums(), dp1.checksums()) if a != b]
+    assert set(differ) == {'bn/0 data', 'bn/1 data', 'ip state seen',
+                           'conv compression parameters'}
+    dp0.sync_state()
+    dp1.sync_state()
+    assert dp0.checksums() == dp1.checksums() and not wire
+    assert s1.net.layers[s1.net.layer_names.index('ip')].seen == \
+        s0.net.layers[s0.net.layer_names.index('ip')].seen
 
 
 # ------------------------------------------------------------- pycaffe surface
