@@ -8,6 +8,7 @@ thread per GPU, ``NCCL::Run``).  qcaffe runs one process per solver instead:
   machine (:func:`local_device`);
 * ``qcaffe train --gpu 0,1,...`` / ``--gpu all`` outside ``mpiexec`` starts
   ``mpiexec -n <number of GPUs>`` with the same command (:func:`relaunch`);
+* the CPU engine's threads are the machine's cores shared by its ranks (:func:`share_cores`);
 * on GPUs the gradients go through NCCL when cupy has it (its unique id sent over MPI), else
   through MPI via host memory (:func:`communicator`);
 * an error on any rank is printed with that rank's number and ends every rank
@@ -72,6 +73,16 @@ def local_device(gpus, local_rank, local_size):
                                % (local_size, len(gpus), '' if len(gpus) == 1 else 's',
                                   ','.join(str(g) for g in gpus)))
     return gpus[local_rank]
+
+
+def share_cores(local_size):
+    """The CPU engine's threads: this machine's cores shared by its ranks, unless
+    ``QCAFFE_NUM_THREADS`` says otherwise (2 ranks on 2 cores: 1 thread each)."""
+    from .. import config
+    from ..ops import parallel
+    if 'QCAFFE_NUM_THREADS' not in os.environ:
+        parallel.set_num_threads(max(1, config.usable_cores() // local_size))
+    return parallel.num_threads()
 
 
 def communicator(world_comm, gpu):

@@ -142,8 +142,8 @@ def run(args, argv=(), prog='train'):
         backend.set_multiprocess(True)
         quiet_non_root(world.rank)
         local_rank, local_size = world.local()
-        log.info('Data-parallel training: %d solvers (MPI ranks), %d on this machine',
-                 world.size, local_size)
+        log.info('Data-parallel training: %d solvers (MPI ranks), %d on this machine, %d '
+                 'CPU thread(s) each', world.size, local_size, launch.share_cores(local_size))
         device = use_device(gpus, solver_param, local_rank, local_size)
         return train(args, solver_param, launch.communicator(world, device is not None))
 
