@@ -12,7 +12,8 @@ check, the pycaffe surface and the launcher's pieces.  Then real ``mpiexec -n 2`
   float rounding only, as the grouping changes the order of the gradient sums);
 * every rank holds the same parameters at every iteration (checked after every iteration);
 * ``--snapshot`` resumes at 2 ranks exactly, and at 1 rank from the same read position;
-* an error on one rank ends both with that rank's message; ``--gpu 0,1`` starts the ranks.
+* an error on one rank ends both with that rank's message; Ctrl-C stops both at the root's
+  iteration; ``--gpu 0,1`` starts the ranks.
 
 The MPI tests skip (with the reason) where mpi4py or mpiexec is missing; ``pip install -e
 ".[test]"`` brings both (mpi4py, mpich).  NCCL (GPU) is exercised only where cupy and devices
@@ -594,6 +595,39 @@ def test_error_on_one_rank_ends_all(project):
     assert r.returncode != 0
     assert 'qcaffe train: error: rank 1 of 2:' in r.stderr
     assert 'boom on the third batch' in r.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, 'killpg'), reason='POSIX process groups')
+def test_ctrl_c_stops_every_rank_at_the_roots_iteration(project):
+    """Ctrl-C reaches every rank; the root's stop decision ends all at one iteration, the
+    root snapshots (--sigint_effect stop), nobody hangs."""
+    import signal
+    solver = write_project(project, 'sigint')
+    text = (project / solver).read_text()
+    (project / solver).write_text(text.replace('max_iter: 6', 'max_iter: 1000000').replace(
+        'snapshot: 3', 'snapshot: 0').replace('display: 1', 'display: 100').replace(
+        'test_interval: 3', 'test_interval: 100000'))
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([REPO, env.get('PYTHONPATH', '')])
+    proc = subprocess.Popen([_mpiexec(), '-n', '2', sys.executable, '-m', 'qcaffe', 'train',
+                             '--solver', solver], cwd=str(project), env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if 'Iteration 200 (' in line:
+                break
+        os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+        lines += proc.stderr.readlines()
+        assert proc.wait(timeout=60) == 0, ''.join(lines[-20:])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = ''.join(lines)
+    assert log.count('Optimization stopped early.') == 1
+    assert log.count('Snapshotting solver state') == 1
+    assert 'error' not in log
 
 
 def test_gpu_list_starts_one_rank_per_gpu(project):

@@ -21,8 +21,8 @@ The solver side is the collective seam of ``qcaffe.solvers.base`` (``Solver.is_r
 from .buckets import GROUP_BYTES, GradientBuckets
 from .comm import (Communicator, DistributedError, LocalCommunicator, MPICommunicator,
                    NCCLCommunicator, launched_by_mpi, nccl_module, new_nccl_uid)
-from .sync import DataParallel, quiet_non_root
+from .sync import DataParallel, gradient_params, quiet_non_root
 
 __all__ = ['Communicator', 'LocalCommunicator', 'MPICommunicator', 'NCCLCommunicator', 'DistributedError',
-           'GradientBuckets', 'GROUP_BYTES', 'DataParallel', 'quiet_non_root',
+           'GradientBuckets', 'GROUP_BYTES', 'DataParallel', 'gradient_params', 'quiet_non_root',
            'launched_by_mpi', 'nccl_module', 'new_nccl_uid']

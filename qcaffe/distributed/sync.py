@@ -56,6 +56,12 @@ def _host_state(layer):
             for k, v in (layer.extra_state() or {}).items()}
 
 
+def gradient_params(solver):
+    """``(layer index, blob)`` of every param the update moves: what is reduced."""
+    index = {id(layer): i for i, layer in enumerate(solver.net.layers)}
+    return [(index[id(p.layer)], p.blob) for p in solver.update_params if p.learnable]
+
+
 def quiet_non_root(rank):
     """Caffe logs the solver's lines on the root solver only: other ranks keep warnings and
     errors."""
@@ -83,10 +89,8 @@ class DataParallel(object):
                                                       comm.rank))
         self.solver, self.comm = solver, comm
         self.net = net = solver.net
-        index = {id(layer): i for i, layer in enumerate(net.layers)}
         roles = solver.update_params
-        self.buckets = GradientBuckets([(index[id(p.layer)], p.blob) for p in roles
-                                        if p.learnable], group_bytes)
+        self.buckets = GradientBuckets(gradient_params(solver), group_bytes)
         self.all_blobs = [p.blob for p in roles]
         self.state_blobs = [p.blob for p in roles if not p.learnable]
         self.state_layers = [(name, layer) for name, layer in zip(net.layer_names, net.layers)
