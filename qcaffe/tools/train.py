@@ -132,6 +132,9 @@ def run(args, argv=(), prog='train'):
         # Caffe runs one solver thread per GPU; qcaffe one process per GPU, as MPI ranks
         return launch.relaunch(argv, len(gpus))
     if world is None or world.size == 1:
+        if len(gpus) > 1:
+            log.warning('mpiexec started one rank: training on GPU %d only (of %s)', gpus[0],
+                        ','.join(str(g) for g in gpus))
         use_device(gpus[:1], solver_param)
         return train(args, solver_param)
     with launch.abort_on_error(world, prog):
