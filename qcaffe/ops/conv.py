@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import parallel
-from .im2col import col2im, padded, split_axes, window_view
+from .im2col import col2im, padded, split_axes, tap_indices, window_view
 
 # Columns larger than this are not kept from forward to backward (large images).
 COL_BUDGET_BYTES = 256 << 20
@@ -301,12 +301,13 @@ class ConvPlan(object):
         partial = (geom.buffer('gw_nhwc', (len(self.bounds), o, width), xp)
                    if want_g else None)
         if dx is not None:
-            # the input gradient's columns (rows, K*C) = dy (rows, O) @ W as (O, K*C), the
-            # forward's weight matrix without the bias column; col2im adds them back
-            wmat = self.gemm_weights(w, None)[:, :c * geom.kernel_count]
+            # per-tap weights (K, O, C): tap t's input gradient is dy (rows, O) @ wk[t]
+            wk = geom.buffer('w_taps', (geom.kernel_count, o, c), xp)
+            xp.copyto(wk, w.reshape(o, c, -1).transpose(2, 0, 1))
             dxt = geom.buffer('dx_nhwc', (self.num,) + geom.in_shape + (c,), xp)
             acc = (geom.buffer('dx_nhwc_pad', (self.num,) + geom.padded_shape + (c,), xp)
                    if geom.needs_pad else None)
+            taps = tap_indices(geom, channels_last=True)
             order = self._order_nchw()
         columns = self._forward_columns(x, i, xp) if want_g else None
 
@@ -318,13 +319,20 @@ class ConvPlan(object):
                 xp.matmul(rows.T, col, out=partial[k])
             if dx is None:
                 return
-            # a chunk's input-gradient columns are small enough to stay in cache until
-            # col2im has added them up (a per-thread buffer, reused chunk after chunk)
-            dcol = self._scratch('dcol', ((e - s) * p, wmat.shape[1]), xp)
-            xp.matmul(rows, wmat, out=dcol)
-            col2im(dcol.reshape((e - s,) + geom.out_shape + geom.kernel + (c,)), geom,
-                   out=dxt[s:e], channels_last=True,
-                   acc=None if acc is None else acc[s:e])
+            # col2im fused with the GEMM, one kernel tap at a time: the tap's (rows, C) block
+            # is added into its window while it is still in cache, instead of writing all K
+            # blocks and reading them back (LeNet conv2 backward 10 ms instead of 12-23 ms
+            # with all taps at once, 1 thread)
+            a = acc[s:e] if acc is not None else dxt[s:e]
+            a.fill(0)
+            block = self._scratch('dx_tap', ((e - s) * p, c), xp)
+            window = block.reshape((e - s,) + geom.out_shape + (c,))
+            for t, (_, index) in enumerate(taps):
+                xp.matmul(rows, wk[t], out=block)
+                dst = a[index]
+                dst += window
+            if acc is not None:
+                dxt[s:e] = a[(slice(None),) + geom.interior() + (slice(None),)]
             xp.copyto(dx[s:e], dxt[s:e].transpose(order))
 
         def finish():

@@ -28,8 +28,9 @@ from threadpoolctl import ThreadpoolController
 
 from .. import config
 
-# a chunk is worth a thread hand-off from about this many elements touched
-MIN_CHUNK_ELEMENTS = 1 << 15
+# a chunk touches at least about this many elements: enough work per chunk that the Python
+# around it (and the smaller GEMMs of a smaller chunk) costs a few per cent at most
+MIN_CHUNK_ELEMENTS = 1 << 18
 # chunks per job at most: 12 shares evenly between 1, 2, 3, 4 and 6 threads
 MAX_CHUNKS = 12
 
@@ -161,14 +162,19 @@ def run(bounds, work):
     any chunk is re-raised here once every thread has stopped."""
     with blas_single_threaded():
         threads = min(num_threads(), len(bounds))
-        if threads <= 1 or getattr(_local, 'inside', False) or not _pool['busy'].acquire(False):
+        inside = getattr(_local, 'inside', False)
+        if threads > 1 and not inside and _pool['busy'].acquire(False):
+            try:
+                _run_pooled(bounds, work, threads)
+            finally:
+                _pool['busy'].release()
+            return
+        _local.inside = True         # (work these chunks start runs inside them)
+        try:
             for k, (s, e) in enumerate(bounds):
                 work(k, s, e)
-            return
-        try:
-            _run_pooled(bounds, work, threads)
         finally:
-            _pool['busy'].release()
+            _local.inside = inside
 
 
 def _run_pooled(bounds, work, threads):
@@ -207,7 +213,12 @@ def _run_pooled(bounds, work, threads):
 
 
 def for_chunks(n, elements, work, xp=np):
-    """``work(start, stop)`` over the fixed :func:`chunks` of ``[0, n)`` (disjoint writes)."""
+    """``work(start, stop)`` over the fixed :func:`chunks` of ``[0, n)``, for element-wise work
+    (disjoint writes, nothing summed across rows: the floats do not depend on the cut).  Called
+    from inside a chunk, it runs ``[0, n)`` whole: that chunk is already one thread's share."""
+    if getattr(_local, 'inside', False):
+        work(0, n)
+        return
     run(chunks(n, elements, xp), lambda k, s, e: work(s, e))
 
 
