@@ -171,7 +171,7 @@ def test_restore_caffe_solverstate_and_continue(name, tmp_path):
         assert_close(value, params_of(ours.net)[key], 'continued %s' % (key,))
 
 
-def test_lenet_iter_10000_solverstate_restores_and_continues(tmp_path, monkeypatch):
+def test_lenet_iter_10000_solverstate_restores_and_continues(tmp_path, monkeypatch, qlog):
     require_layers(*TINY_LAYERS)
     d = os.path.abspath(require_shared('models', 'lenet'))
     # The solverstate names its weights by Caffe's relative path
@@ -198,6 +198,8 @@ def test_lenet_iter_10000_solverstate_restores_and_continues(tmp_path, monkeypat
     solver = create_solver(param)
     solver.restore(os.path.join(d, 'lenet_iter_10000.solverstate'))
     assert solver.iter == 10000 and isinstance(solver, SGDSolver)
+    # a real Caffe state has no layer-state companion and restores without a word about it
+    assert not [r for r in qlog.records if r.levelno >= logging.WARNING]
     trained = Net.from_param(net)
     trained.copy_from(os.path.join(d, 'lenet_iter_10000.caffemodel'))
     for key, value in params_of(trained).items():

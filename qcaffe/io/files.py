@@ -8,10 +8,12 @@
   such instead of as "wire format was corrupt".
 * :func:`atomic_output_path` / :func:`atomic_write_bytes`: write through a temporary file in
   the destination directory and ``os.replace`` it, so an interrupted snapshot never leaves a
-  truncated .caffemodel behind (Caffe writes in place and can).
+  truncated .caffemodel behind (Caffe writes in place and can);
+  :func:`clean_orphaned_temporaries` removes the temporary files of a writer that was killed.
 """
 import contextlib
 import os
+import re
 import secrets
 import stat
 
@@ -164,6 +166,50 @@ def _fsync_directory(directory):
         os.close(fd)
 
 
+# Temporary files of atomic writes are ".<name>.<writer pid>-<random hex>.tmp" beside <name>.
+TEMP_SUFFIX = '.tmp'
+_TEMP_NAME = re.compile(r'^\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$')
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:         # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_orphaned_temporaries(directory, name_prefix):
+    """Remove the temporary files an interrupted atomic write left in ``directory`` for
+    outputs whose names start with ``name_prefix``; return ``(removed, kept)`` paths.
+
+    A temporary file whose writer (the pid in its name) is no longer running is an orphan
+    of a killed process and is removed; one whose writer still runs (another training with
+    the same snapshot prefix, or a reused pid) is kept and returned in ``kept``.
+    """
+    try:
+        names = os.listdir(directory or '.')
+    except OSError:
+        return [], []
+    removed, kept = [], []
+    for entry in sorted(names):
+        m = _TEMP_NAME.match(entry)
+        if not m or not m.group('name').startswith(name_prefix):
+            continue
+        path = os.path.join(directory, entry)
+        if _process_alive(int(m.group('pid'))):
+            kept.append(path)
+            continue
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:
+            kept.append(path)
+    return removed, kept
+
+
 @contextlib.contextmanager
 def atomic_output_path(path, what='output'):
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -183,7 +229,8 @@ def atomic_output_path(path, what='output'):
     if os.path.isdir(path):
         raise ModelFileError('cannot write %s file %s: it is a directory'
                              % (what, display_path(path)))
-    tmp = os.path.join(directory, '.%s.%s.tmp' % (os.path.basename(path), secrets.token_hex(4)))
+    tmp = os.path.join(directory, '.%s.%d-%s%s' % (os.path.basename(path), os.getpid(),
+                                                   secrets.token_hex(4), TEMP_SUFFIX))
     try:
         # os.open with 0o666 lets the umask decide the mode, as for a file created in place.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

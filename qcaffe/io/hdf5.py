@@ -174,17 +174,9 @@ def read_hdf5_solver_state(path):
     state = caffe_pb2.SolverState()
     with _OpenHDF5(path, 'solver state (.solverstate.h5)') as f:
         state.iter = int(_read_scalar(f, 'iter', path)[0])
-        if 'learned_net' in f:
-            value = f['learned_net'][()]
-            if isinstance(value, np.ndarray):
-                value = value.reshape(-1)[0]
-            if isinstance(value, bytes):
-                try:
-                    value = value.rstrip(b'\0').decode('utf-8')
-                except UnicodeDecodeError:
-                    raise ModelFileError('%s: learned_net is not valid UTF-8: %r'
-                                         % (display_path(path), value)) from None
-            state.learned_net = value
+        for name in ('learned_net',) + _QCAFFE_STRINGS:
+            if name in f:
+                setattr(state, name, _read_string(f, name, path))
         state.current_step = int(_read_scalar(f, 'current_step', path)[0])
         if 'history' not in f:
             raise ModelFileError('%s has no "history" group; not a Caffe HDF5 solver state'
@@ -197,6 +189,27 @@ def read_hdf5_solver_state(path):
         for i in range(len(history)):
             array_to_blobproto(history[i], out=state.history.add())
     return state
+
+
+# qcaffe's own SolverState fields (the snapshot's layer-state companion), stored like
+# learned_net when set; Caffe reads its datasets by name and ignores these.
+_QCAFFE_STRINGS = ('layer_state_file', 'layer_state_id')
+
+
+def _read_string(f, name, path):
+    value = f[name][()]
+    if isinstance(value, np.ndarray):
+        value = value.reshape(-1)[0] if value.size else b''
+    if isinstance(value, bytes):
+        try:
+            value = value.rstrip(b'\0').decode('utf-8')
+        except UnicodeDecodeError:
+            raise ModelFileError('%s: %s is not valid UTF-8: %r'
+                                 % (display_path(path), name, value)) from None
+    if not isinstance(value, str):
+        raise ModelFileError('%s: dataset %s holds %s, expected a string'
+                             % (display_path(path), name, type(value).__name__))
+    return value
 
 
 def _write_fixed_string(h5py, f, name, text):
@@ -223,6 +236,9 @@ def write_hdf5_solver_state(path, state):
             _write_fixed_string(h5py, f, 'learned_net', state.learned_net)
             f.create_dataset('current_step', data=np.array([state.current_step], dtype=np.int32),
                              track_times=False)
+            for name in _QCAFFE_STRINGS:
+                if state.HasField(name):
+                    _write_fixed_string(h5py, f, name, getattr(state, name))
             history = f.create_group('history')
             for i, blob in enumerate(state.history):
                 history.create_dataset(str(i), data=blobproto_to_array(blob), track_times=False)

@@ -18,12 +18,16 @@ caffe.md section 4:
   first non-finite value appeared (:class:`TrainingDivergedError`; ``solver.check_nan =
   False`` turns it off), leaving the last good snapshot untouched; layer state that is not a
   blob (data read positions...) and the host RNG travel in ``<state>.layers.npz`` beside
-  the solverstate, so a resumed run equals an uninterrupted one bit for bit.
+  the solverstate, so a resumed run equals an uninterrupted one bit for bit; the state file
+  is written last and records its companion, so a missing one is reported.
 """
+import io
 import logging
 import math
 import os
+import secrets
 import time
+import zipfile
 
 import numpy as np
 
@@ -31,7 +35,7 @@ from .. import backend
 from ..blob import Blob
 from ..io.binary import read_net_param, read_solver_param
 from ..io.errors import QcaffeError
-from ..io.files import atomic_write_bytes, display_path
+from ..io.files import atomic_write_bytes, clean_orphaned_temporaries, display_path
 from ..io.solverstate import read_solver_state, write_solver_state
 from ..io.upgrade import upgrade_solver_as_needed
 from ..log import fmt
@@ -146,6 +150,8 @@ class Solver(object):
                        % p.regularization_type)
         self.check_param()
         self.check_snapshot_write_permissions()
+        if p.HasField('snapshot_prefix'):
+            self._clean_snapshot_temporaries()
         if p.random_seed >= 0:
             backend.set_random_seed(p.random_seed + self.rank)
         self.net = self._init_train_net()
@@ -650,39 +656,62 @@ class Solver(object):
                        % (p.snapshot_prefix, e.strerror or e))
 
     def snapshot(self):
-        """Caffe: ``Solver::Snapshot``: weights, then the solver state naming them."""
+        """Caffe: ``Solver::Snapshot``: weights, then the solver state naming them.
+
+        One commit: the weights and the layer-state companion are written first and the
+        solver state last, each atomically (temporary file + rename), so a solver state
+        exists only when everything it refers to does; a run killed in between leaves the
+        previous snapshot as the latest complete one.
+        """
         p = self.param
-        if p.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            model = self.snapshot_filename('.caffemodel.h5')
-            log.info('Snapshotting to HDF5 file %s', model)
+        hdf5 = p.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        kind = 'HDF5' if hdf5 else 'binary proto'
+        model = self.snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
+        state_file = self.snapshot_filename('.solverstate.h5' if hdf5 else '.solverstate')
+        log.info('Snapshotting to %s file %s', kind, model)
+        if hdf5:
             self.net.save_hdf5(model, p.snapshot_diff)
-            state_file = self.snapshot_filename('.solverstate.h5')
-            log.info('Snapshotting solver state to HDF5 file %s', state_file)
         else:
-            model = self.snapshot_filename('.caffemodel')
-            log.info('Snapshotting to binary proto file %s', model)
             self.net.save(model, p.snapshot_diff)
-            state_file = self.snapshot_filename('.solverstate')
-            log.info('Snapshotting solver state to binary proto file %s', state_file)
-        write_solver_state(state_file, self.solver_state(model))
-        self._write_layer_state(state_file)
+        state = self.solver_state(model)
+        self._write_layer_state(state_file, state)
+        log.info('Snapshotting solver state to %s file %s', kind, state_file)
+        write_solver_state(state_file, state)
         self.last_snapshot = (model, state_file)
         return state_file
+
+    def _clean_snapshot_temporaries(self):
+        """Remove the temporary files of snapshots a killed run left half written."""
+        prefix = self.param.snapshot_prefix
+        removed, kept = clean_orphaned_temporaries(os.path.dirname(prefix),
+                                                   os.path.basename(prefix) + '_iter_')
+        if removed:
+            log.warning('Removed %d incomplete snapshot file(s) left by an interrupted run: %s',
+                        len(removed), ', '.join(removed))
+        for path in kept:
+            log.warning('%s is a snapshot being written by another running process (or one '
+                        'that could not be removed); is another training using snapshot_prefix '
+                        '%r?', path, prefix)
 
     # Layer state that is not a blob (Layer.extra_state: data read positions, DNS mu/sigma,
     # INQ flags...) has no place in Caffe's SolverState, so it goes beside it as
     # <state>.layers.npz with keys "<layer name>/<key>", plus "@rng/..." (the host RNG, e.g.
-    # Dropout's) when training drew random numbers.  Written only when there is such state;
-    # Caffe ignores the file, and a state without it restores as Caffe restores.
+    # Dropout's) when training drew random numbers, and "@snapshot/id", the id the state
+    # records in layer_state_id (with the file's name in layer_state_file).  Written only
+    # when there is such state; Caffe ignores both the file and the two fields, and a state
+    # without them (every real Caffe state) restores as Caffe restores.
     LAYER_STATE_SUFFIX = '.layers.npz'
     _RNG = '@rng/'
+    _ID = '@snapshot/id'
 
     @staticmethod
     def _rng_position():
         _, keys, pos, has_gauss, gauss = backend.rng().get_state()
         return keys.tobytes(), pos, has_gauss, gauss
 
-    def _write_layer_state(self, state_file):
+    def _write_layer_state(self, state_file, state):
+        """Write the companion of ``state_file`` and record it in ``state`` (see above)."""
+        path = state_file + self.LAYER_STATE_SUFFIX
         arrays = {}
         for name, layer in zip(self.net.layer_names, self.net.layers):
             for key, value in (layer.extra_state() or {}).items():
@@ -694,32 +723,79 @@ class Solver(object):
             arrays[self._RNG + 'pos'] = np.array([pos, has_gauss])
             arrays[self._RNG + 'gauss'] = np.array(gauss)
         if not arrays:
+            if os.path.exists(path):    # an earlier snapshot's of the same name: superseded
+                os.remove(path)
             return
-        import io
+        state.layer_state_id = secrets.token_hex(8)
+        state.layer_state_file = os.path.basename(path)
+        arrays[self._ID] = np.array(state.layer_state_id)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        atomic_write_bytes(state_file + self.LAYER_STATE_SUFFIX, buf.getvalue(),
-                           'layer state')
+        atomic_write_bytes(path, buf.getvalue(), 'layer state')
 
-    def _read_layer_state(self, state_file):
+    def _layer_state_path(self, state_file, recorded):
         path = state_file + self.LAYER_STATE_SUFFIX
-        if not os.path.exists(path):
+        if os.path.exists(path):
+            return path
+        # a state renamed without its companion: the name the state recorded, beside it
+        beside = os.path.join(os.path.dirname(state_file), recorded)
+        if recorded and os.path.exists(beside):
+            return beside
+        return None
+
+    def _read_layer_state(self, state_file, state):
+        """Restore the companion of ``state_file``, or say why the resume is not exact."""
+        recorded = state.layer_state_file
+        path = self._layer_state_path(state_file, recorded)
+        if path is None:
+            if recorded:
+                self._warn_not_exact(state_file, '%r, which is missing' % recorded)
             return
+        try:
+            with np.load(path) as f:
+                arrays = {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            raise SolverError('Cannot read the layer state %s of solver state %s (%s). Delete '
+                              'it to resume as Caffe does, from the weights, history and '
+                              'iteration only.' % (display_path(path), display_path(state_file),
+                                                   e)) from None
+        saved_id = arrays.pop(self._ID, None)
+        if recorded and (saved_id is None or str(saved_id) != state.layer_state_id):
+            self._warn_not_exact(state_file, '%s, which belongs to another snapshot (its id '
+                                 'differs), so it is ignored' % display_path(path))
+            return
+        try:
+            self._apply_layer_state(arrays, path)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise SolverError('Layer state %s of solver state %s is damaged: %s: %s'
+                              % (display_path(path), display_path(state_file),
+                                 type(e).__name__, e)) from None
+
+    def _apply_layer_state(self, arrays, path):
         per_layer = {}
-        with np.load(path) as f:
-            if self._RNG + 'keys' in f.files:
-                pos, has_gauss = (int(x) for x in f[self._RNG + 'pos'])
-                backend.rng().set_state(('MT19937', f[self._RNG + 'keys'], pos, has_gauss,
-                                         float(f[self._RNG + 'gauss'])))
-            for k in f.files:
-                if not k.startswith(self._RNG):
-                    name, key = k.split('/', 1)
-                    per_layer.setdefault(name, {})[key] = f[k]
+        if self._RNG + 'keys' in arrays:
+            pos, has_gauss = (int(x) for x in arrays[self._RNG + 'pos'])
+            backend.rng().set_state(('MT19937', arrays[self._RNG + 'keys'], pos, has_gauss,
+                                     float(arrays[self._RNG + 'gauss'])))
+        for k, value in arrays.items():
+            if not k.startswith(self._RNG):
+                name, key = k.split('/', 1)
+                per_layer.setdefault(name, {})[key] = value
         for name, state in per_layer.items():
             if name in self.net.layer_names:
                 self.net.layers[self.net.layer_names.index(name)].load_extra_state(state)
             else:
                 log.warning('Layer state for unknown layer %s in %s ignored', name, path)
+
+    def _warn_not_exact(self, state_file, what):
+        stateful = [n for n, layer in zip(self.net.layer_names, self.net.layers)
+                    if layer.extra_state()]
+        log.warning('Solver state %s was written with the layer state %s: resuming as Caffe '
+                    'does, from the weights, history and iteration only; %sthe random '
+                    'generator is not restored, so training continues but will not match an '
+                    'uninterrupted run.', display_path(state_file), what,
+                    'layer(s) %s restart from their first record and a new random state, and '
+                    % ', '.join(stateful) if stateful else '')
 
     def solver_state(self, learned_net=''):
         """The SolverState proto of the current state (history blobs with shapes)."""
@@ -735,6 +811,11 @@ class Solver(object):
         """Caffe: ``Solver::Restore``: ``.h5`` suffix = HDF5, else binary SolverState."""
         state_file = os.fsdecode(os.fspath(state_file))
         state = read_solver_state(state_file)
+        for field in ('iter', 'current_step'):
+            if getattr(state, field) < 0:
+                raise SolverError('Solver state %s: %s is %d; it must be >= 0 (the file is '
+                                  'damaged or not a solver state)'
+                                  % (display_path(state_file), field, getattr(state, field)))
         if len(state.history) != len(self.history):
             raise SolverError(
                 'Incorrect length of history blobs in %s: it has %d, this %s solver on net %r '
@@ -753,7 +834,7 @@ class Solver(object):
                 raise SolverError('%s: history blob %d (param %s) does not fit: %s'
                                   % (display_path(state_file), i, self._params[i % n].name,
                                      e)) from None
-        self._read_layer_state(state_file)
+        self._read_layer_state(state_file, state)
         self.iter = state.iter
         self.current_step = state.current_step
         log.info('SGDSolver: restoring history')
