@@ -8,7 +8,12 @@ import os
 
 from ..proto import caffe_pb2
 from .binary import read_binary_proto, write_binary_proto
+from .errors import ModelFileError
+from .files import display_path
 from .hdf5 import read_hdf5_solver_state, write_hdf5_solver_state
+
+
+_TEXT_FIELDS = ('learned_net', 'layer_state_file', 'layer_state_id')
 
 
 def is_hdf5_name(path):
@@ -23,7 +28,13 @@ def read_solver_state(path):
     """
     if is_hdf5_name(path):
         return read_hdf5_solver_state(path)
-    return read_binary_proto(path, caffe_pb2.SolverState())
+    state = read_binary_proto(path, caffe_pb2.SolverState())
+    for name in _TEXT_FIELDS:
+        value = getattr(state, name)
+        if isinstance(value, bytes):    # protobuf's way of handing over non-UTF-8 text
+            raise ModelFileError('%s: %s %r is not valid UTF-8 text (the file is damaged)'
+                                 % (display_path(path), name, value))
+    return state
 
 
 def write_solver_state(path, state):

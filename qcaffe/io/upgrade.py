@@ -193,6 +193,23 @@ def _layer_desc(index, name):
     return 'layer #%d %r' % (index, name) if name else 'layer #%d' % index
 
 
+def _require_text(layer, source, index, version):
+    """Refuse a layer whose string fields are not UTF-8 (protobuf hands them over as bytes,
+    which the upgraded layer cannot hold); Caffe copies the bytes, so a damaged name would
+    leave that layer's weights silently unloaded."""
+    for field, value in layer.ListFields():
+        if field.type != field.TYPE_STRING:
+            continue
+        for item in (value if isinstance(value, (list, tuple)) or hasattr(value, 'append')
+                     else [value]):
+            if isinstance(item, bytes):
+                name = layer.name if isinstance(layer.name, str) else ''
+                raise UpgradeError('%s: cannot upgrade %s %s: its %s %r is not valid UTF-8 '
+                                   'text (the file is damaged)'
+                                   % (_where(source), version, _layer_desc(index, name),
+                                      field.name, item))
+
+
 # ---------------------------------------------------------------------------------------
 # Which upgrades a net needs (Caffe: NetNeeds*Upgrade).
 
@@ -309,6 +326,8 @@ def upgrade_v0_layer(v0_connection, source='', index=0):
     Caffe: UpgradeV0LayerParameter. ``ok`` is False when a V0 field did not fit the layer
     type (it is then dropped and the problem logged).
     """
+    _require_text(v0_connection, source, index, 'V0')
+    _require_text(v0_connection.layer, source, index, 'V0')
     out = _V1()
     ok = True
     out.bottom.extend(v0_connection.bottom)
@@ -387,6 +406,7 @@ def upgrade_net_data_transformation(net_param):
 
 def upgrade_v1_layer(v1_layer, source='', index=0):
     """Upgrade one V1LayerParameter; return (LayerParameter, ok) (Caffe: UpgradeV1LayerParameter)."""
+    _require_text(v1_layer, source, index, 'V1')
     out = caffe_pb2.LayerParameter()
     ok = True
     out.bottom.extend(v1_layer.bottom)

@@ -8,6 +8,8 @@ its name, its type (None for HDF5, which does not store types) and its blobs as
 the Net's job (shared/spec/caffe.md section 3.8); :meth:`WeightBlob.shape_matches` gives
 it Caffe's ShapeEquals.
 """
+import logging
+
 from ..proto import caffe_pb2
 from .binary import read_binary_proto
 from .blobproto import (blob_shape_from_proto, blobproto_to_array,  # noqa: F401 (re-exported)
@@ -16,6 +18,8 @@ from .errors import BlobProtoError, ModelFileError
 from .files import display_path, file_is_hdf5
 from .hdf5 import read_hdf5_weights
 from .upgrade import upgrade_net_as_needed
+
+log = logging.getLogger('qcaffe')
 
 
 class WeightBlob:
@@ -64,7 +68,11 @@ def weight_blob_from_proto(proto):
 def weights_from_net_param(net_param, source=''):
     """``[(layer_name, layer_type, [WeightBlob, ...]), ...]`` of an (upgraded) NetParameter."""
     out = []
-    for layer in net_param.layer:
+    for i, layer in enumerate(net_param.layer):
+        if isinstance(layer.name, bytes):   # protobuf's way of handing over non-UTF-8 text
+            log.warning('%s: the name %r of layer #%d is not valid UTF-8 (a damaged file?); '
+                        'no layer can match it, so its weights are not loaded',
+                        source or '<NetParameter>', layer.name, i)
         blobs = []
         for j, proto in enumerate(layer.blobs):
             try:
