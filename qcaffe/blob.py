@@ -15,28 +15,77 @@ in pycaffe.
 import numpy as np
 
 from . import backend
+from .io.errors import QcaffeError
 
 _UNINIT, _HOST, _DEVICE, _SYNCED = 0, 1, 2, 3
 
+# Caffe: blob.hpp kMaxBlobAxes, and Blob::Reshape's CHECK that the count fits an int.
+MAX_BLOB_AXES = 32
+INT_MAX = 2 ** 31 - 1
+
+
+class BlobShapeError(QcaffeError, ValueError):
+    """A shape Caffe's ``Blob::Reshape`` refuses (negative dim, more than 32 axes, more than
+    INT_MAX elements); ``blob`` is the blob being reshaped (a Net names it)."""
+
+    def __init__(self, message, blob=None):
+        super().__init__(message)
+        self.blob = blob
+
+
+class BlobAllocationError(QcaffeError, MemoryError):
+    """The memory of a blob buffer could not be allocated (Caffe: SyncedMemory's
+    ``CHECK(*ptr) << "host allocation of size ... failed"``); ``buffer`` is the
+    :class:`SyncedArray` (a Net names the blob owning it), ``nbytes`` the size asked for."""
+
+    def __init__(self, message, buffer, nbytes):
+        super().__init__(message)
+        self.buffer = buffer
+        self.nbytes = nbytes
+
+
+def format_bytes(n):
+    """``12.2 GiB (13107200000 bytes)``: a size for messages."""
+    for unit, size in (('TiB', 1 << 40), ('GiB', 1 << 30), ('MiB', 1 << 20), ('KiB', 1 << 10)):
+        if n >= size:
+            return '%.3g %s (%d bytes)' % (n / size, unit, n)
+    return '%d bytes' % n
+
 
 class SyncedArray(object):
-    """A flat float32 buffer with a host and a device copy (Caffe: SyncedMemory)."""
+    """A flat float32 buffer with a host and a device copy (Caffe: SyncedMemory).
 
-    __slots__ = ('host', 'device', 'head', 'size')
+    ``shape`` is the blob shape that asked for this size, for messages only.
+    """
 
-    def __init__(self, size):
+    __slots__ = ('host', 'device', 'head', 'size', 'shape')
+
+    def __init__(self, size, shape=None):
         self.size = int(size)
+        self.shape = shape
         self.host = None
         self.device = None
         self.head = _UNINIT
 
+    def _allocate(self, make):
+        try:
+            return make(self.size, dtype=np.float32)
+        except MemoryError as e:
+            nbytes = self.size * 4
+            where = 'host' if make in (np.zeros, np.empty) else 'device'
+            shape = (' of shape %s' % ' '.join(str(d) for d in self.shape)
+                     if self.shape is not None else '')
+            raise BlobAllocationError('cannot allocate %s of %s memory for a blob%s (%d float32 '
+                                      'elements): %s' % (format_bytes(nbytes), where, shape,
+                                                         self.size, e), self, nbytes) from None
+
     def host_array(self, mutable):
         if self.head == _UNINIT:
-            self.host = np.zeros(self.size, dtype=np.float32)
+            self.host = self._allocate(np.zeros)
             self.head = _HOST
         elif self.head == _DEVICE:
             if self.host is None:
-                self.host = np.empty(self.size, dtype=np.float32)
+                self.host = self._allocate(np.empty)
             self.host[...] = self.device.get()
             self.head = _SYNCED
         if mutable:
@@ -46,11 +95,11 @@ class SyncedArray(object):
     def device_array(self, mutable):
         cp = backend.cupy_module()
         if self.head == _UNINIT:
-            self.device = cp.zeros(self.size, dtype=np.float32)
+            self.device = self._allocate(cp.zeros)
             self.head = _DEVICE
         elif self.head == _HOST:
             if self.device is None:
-                self.device = cp.empty(self.size, dtype=np.float32)
+                self.device = self._allocate(cp.empty)
             self.device.set(self.host)
             self.head = _SYNCED
         if mutable:
@@ -76,13 +125,25 @@ class SyncedArray(object):
             self.device, self.head = flat, _DEVICE
 
 
-def _as_shape(args):
+def _as_shape(args, blob=None):
+    """The shape of ``Blob.reshape(*args)``, with Caffe's ``Blob::Reshape`` CHECKs."""
     if len(args) == 1 and not np.isscalar(args[0]):
         args = tuple(args[0])
     shape = tuple(int(d) for d in args)
+    if len(shape) > MAX_BLOB_AXES:
+        raise BlobShapeError('a blob has at most %d axes (Caffe: kMaxBlobAxes), got %d: %s'
+                             % (MAX_BLOB_AXES, len(shape), shape), blob)
+    count = 1
     for d in shape:
         if d < 0:
-            raise ValueError('blob dimensions must be >= 0, got %s' % (shape,))
+            raise BlobShapeError('blob dimensions must be >= 0, got %s' % (shape,), blob)
+        if count != 0 and d > INT_MAX // count:
+            raise BlobShapeError(
+                'blob shape %s has %d elements; Caffe\'s Blob::Reshape allows at most INT_MAX '
+                '= %d (blob size exceeds INT_MAX)'
+                % (' '.join(str(x) for x in shape), int(np.prod(shape, dtype=object)), INT_MAX),
+                blob)
+        count *= d
     return shape
 
 
@@ -145,7 +206,7 @@ class Blob(object):
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
         """Caffe: ``Blob::Reshape``; reallocates only when the new count exceeds capacity."""
-        shape = _as_shape(shape)
+        shape = _as_shape(shape, self)
         count = 1
         for d in shape:
             count *= d
@@ -153,11 +214,15 @@ class Blob(object):
         self._count = count
         if count > self._capacity:
             self._capacity = count
-            self._data = SyncedArray(count)
-            self._diff = SyncedArray(count)
+            self._data = SyncedArray(count, shape)
+            self._diff = SyncedArray(count, shape)
             if self._quantize is not None:
-                self._quantize = SyncedArray(count)
+                self._quantize = SyncedArray(count, shape)
         return self
+
+    def owns_buffer(self, buffer):
+        """True if ``buffer`` (a :class:`SyncedArray`) is this blob's data, diff or quantize."""
+        return buffer is self._data or buffer is self._diff or buffer is self._quantize
 
     def reshape_like(self, other):
         return self.reshape(other.shape)
@@ -295,7 +360,7 @@ class Blob(object):
 
     def _quantize_buffer(self):
         if self._quantize is None or self._quantize.size < self._count:
-            self._quantize = SyncedArray(max(self._capacity, self._count))
+            self._quantize = SyncedArray(max(self._capacity, self._count), self._shape)
         return self._quantize
 
     @property

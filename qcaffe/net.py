@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from . import backend
-from .blob import Blob
+from .blob import Blob, BlobShapeError
 from .compress.state import load_weight_blob_extras
 from .io.errors import QcaffeError
 from .layers import create_layer
@@ -27,6 +27,11 @@ class NetError(QcaffeError):
 
 class WeightsMismatchError(NetError):
     """Trained weights that do not fit the net (names layer, blob index, both shapes, file)."""
+
+
+class NetOutOfMemoryError(NetError, MemoryError):
+    """A layer ran out of memory; the message names the layer, the blob, its shape and the
+    bytes asked for."""
 
 
 # --------------------------------------------------------------------------- filtering
@@ -250,6 +255,8 @@ class Net(object):
             self.top_ids.append(tids)
             try:
                 layer.setup(bottoms, tops)
+            except (BlobShapeError, MemoryError) as e:
+                raise self._layer_failure(layer_id, 'setup', e) from None
             except QcaffeError:
                 raise
             except Exception as e:
@@ -420,29 +427,63 @@ class Net(object):
         end = len(self.layers) - 1 if end is None else end
         loss = 0.0
         hooks = self._hooks
-        with blas_single_threaded():     # qcaffe's threads, not the BLAS's (ops.parallel)
-            for i in range(start, end + 1):
-                for fn in hooks['before_forward']:
-                    fn(i)
-                loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
-                for fn in hooks['after_forward']:
-                    fn(i)
+        i = start
+        try:
+            with blas_single_threaded():     # qcaffe's threads, not the BLAS's (ops.parallel)
+                for i in range(start, end + 1):
+                    for fn in hooks['before_forward']:
+                        fn(i)
+                    loss += self.layers[i].forward(self.bottom_vecs[i], self.top_vecs[i])
+                    for fn in hooks['after_forward']:
+                        fn(i)
+        except (BlobShapeError, MemoryError) as e:
+            raise self._layer_failure(i, 'forward', e) from None
         return loss
 
     def backward_from_to(self, start=None, end=0):
         """Caffe: ``BackwardFromTo`` (from ``start`` down to ``end``, inclusive)."""
         start = len(self.layers) - 1 if start is None else start
         hooks = self._hooks
-        with blas_single_threaded():
-            for i in range(start, end - 1, -1):
-                if not self.layer_need_backward[i]:
-                    continue
-                for fn in hooks['before_backward']:
-                    fn(i)
-                self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
-                for fn in hooks['after_backward']:
-                    fn(i)
+        i = start
+        try:
+            with blas_single_threaded():
+                for i in range(start, end - 1, -1):
+                    if not self.layer_need_backward[i]:
+                        continue
+                    for fn in hooks['before_backward']:
+                        fn(i)
+                    self.layers[i].backward(self.top_vecs[i], self.bottom_need_backward[i],
+                                            self.bottom_vecs[i])
+                    for fn in hooks['after_backward']:
+                        fn(i)
+        except (BlobShapeError, MemoryError) as e:
+            raise self._layer_failure(i, 'backward', e) from None
+
+    def _layer_failure(self, i, stage, error):
+        """A refused blob shape or an allocation failure in layer ``i`` as a NetError naming
+        the net, the layer, the blob (top, bottom or parameter) and its shape."""
+        blob = getattr(error, 'blob', None)
+        buffer = getattr(error, 'buffer', None)
+        shape = getattr(error, 'shape', None)      # numpy's: the array it could not make
+        named = ([('top blob %r' % self.blob_names[t], self.blobs_list[t])
+                  for t in self.top_ids[i]] +
+                 [('bottom blob %r' % self.blob_names[b], self.blobs_list[b])
+                  for b in self.bottom_ids[i]] +
+                 [('parameter blob %d' % j, b) for j, b in enumerate(self.layers[i].blobs)])
+        what = next((label for label, b in named if b is blob), None)   # refused reshape
+        if what is None:
+            what = next(('%s (shape %s)' % (label, b.shape_string()) for label, b in named
+                         if (buffer is not None and b.owns_buffer(buffer))
+                         or (shape is not None and b.shape == tuple(shape) and b.count_all)),
+                        'a work array of the layer')
+        # (setup errors get the net and its file from _init)
+        where = "%slayer %r (type %s), %s, %s" % (
+            '' if stage == 'setup' else 'net %r: ' % self.name, self.layer_names[i],
+            self.layers[i].type, stage, what)
+        if isinstance(error, MemoryError):
+            return NetOutOfMemoryError('%s: out of memory: %s' % (where, str(error) or
+                                                                  'no details'))
+        return NetError('%s: %s' % (where, error))
 
     def forward_prefilled(self):
         """Caffe: ``Net::Forward``: run every layer, return (output blobs, loss)."""
@@ -463,6 +504,26 @@ class Net(object):
         for i, layer in enumerate(self.layers):
             layer.reshape(self.bottom_vecs[i], self.top_vecs[i])
             layer._last_bottom_shapes = tuple(b.shape for b in self.bottom_vecs[i])
+
+    def first_non_finite(self, params=True, tops=True):
+        """The first layer, in net order, holding NaN/inf: ``(layer index, [parameter blob
+        indices], top name or None)``, or None when every value checked is finite."""
+        xp = backend.xp()
+
+        def finite(blob):
+            # one summing pass without a temporary; only a non-finite sum (NaN/inf inside, or
+            # an overflow of huge finite values) needs the element-wise check
+            data = blob.dev_data
+            return bool(xp.isfinite(data.sum())) or bool(xp.isfinite(data).all())
+        for i, layer in enumerate(self.layers):
+            bad_params = [j for j, b in enumerate(layer.blobs) if not finite(b)] if params else []
+            if bad_params:
+                return i, bad_params, None
+            if tops:
+                for t in self.top_ids[i]:
+                    if not finite(self.blobs_list[t]):
+                        return i, [], self.blob_names[t]
+        return None
 
     def clear_param_diffs(self):
         """Caffe: ``ClearParamDiffs``: zero the diffs of the learnable params."""
