@@ -19,6 +19,7 @@ import threading
 import weakref
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from ..io.blobproto import varint
 from ..io.errors import QcaffeError
@@ -37,6 +38,10 @@ _LABEL_TAG = 0x28  # Datum.label: field 5, varint
 
 class DataSourceError(QcaffeError):
     """A data source (LMDB, list file, HDF5 list, image) that cannot be opened or decoded."""
+
+
+class RecordShapeError(DataSourceError):
+    """Records that must have one shape (a batch without cropping, a mean) do not."""
 
 
 def _lmdb(layer=None):
@@ -208,7 +213,7 @@ def _close_shared(key):
 class LMDBReader(object):
     """Sequential reader of an LMDB with Caffe's wrap-around (Caffe: ``LMDBCursor``).
 
-    ``next_values(n)`` returns the next ``n`` values, restarting from the first record at the
+    ``next_records(n)`` returns the next ``n`` records, restarting from the first record at the
     end of the database and logging "Restarting data prefetching from start." as Caffe does.
     """
 
@@ -226,6 +231,7 @@ class LMDBReader(object):
                                   'LMDB (LevelDB databases are not supported; convert with '
                                   'backend lmdb)' % (_where(layer), path))
         self._key = os.path.realpath(path)
+        self._lmdb_error = lmdb.Error
         self.env = _open_shared(lmdb, self._key, subdir, path, layer)
         self.entries = self.env.stat()['entries']
         if self.entries == 0:
@@ -250,19 +256,44 @@ class LMDBReader(object):
         self.skip(index)
 
     def peek(self):
-        """The value under the cursor, without moving it."""
-        return self.cursor.value()
+        """``(index, key, value)`` of the record under the cursor, without moving it."""
+        try:
+            return self.index, self.cursor.key(), self.cursor.value()
+        except self._lmdb_error as e:
+            raise self.error(self.index, None, 'cannot be read: %s' % e) from None
 
-    def next_values(self, n):
+    def next_records(self, n):
+        """``(index of the first, [keys], [values])`` of the next ``n`` records."""
         cursor = self.cursor
-        out = []
-        for _ in range(n):
-            out.append(cursor.value())
-            if not cursor.next():
-                log.info('Restarting data prefetching from start.')
-                cursor.first()
+        start = self.index
+        keys, values = [], []
+        try:
+            for _ in range(n):
+                keys.append(cursor.key())
+                values.append(cursor.value())
+                if not cursor.next():
+                    log.info('Restarting data prefetching from start.')
+                    cursor.first()
+        except self._lmdb_error as e:
+            raise self.error((start + len(values)) % self.entries, None,
+                             'cannot be read: %s' % e) from None
         self.index = (self.index + n) % self.entries
-        return out
+        return start, keys, values
+
+    def where(self, index, key):
+        """``LMDB 'path', record 17 (key '00000017')``: a record, for messages."""
+        return '%sLMDB %r, record %d%s' % (
+            _where(self.layer), self.path, index,
+            ' (key %r)' % key.decode('utf-8', 'backslashreplace') if key is not None else '')
+
+    def error(self, index, key, problem):
+        """A :class:`DataSourceError` naming the database, the record and ``problem``."""
+        return DataSourceError('%s %s' % (self.where(index, key), problem))
+
+    def describe(self, start, keys, step=1):
+        """``where(i)`` for :func:`decode_datums`: record ``i`` of a batch that took every
+        ``step``-th record from ``start`` (``keys``: theirs)."""
+        return lambda i: self.where((start + i * step) % self.entries, keys[i])
 
     def all_values(self):
         """Every value in key order (for loading a small database into memory)."""
@@ -323,6 +354,9 @@ def datum_to_array(datum, force_color=False, force_gray=False, layer=None):
         return _decode_encoded(datum, force_color, force_gray, layer)
     shape = (datum.channels, datum.height, datum.width)
     size = shape[0] * shape[1] * shape[2]
+    if min(shape) < 0:
+        raise DataSourceError('%sDatum has negative dimensions: channels %d, height %d, '
+                              'width %d' % ((_where(layer),) + shape))
     if len(datum.data):
         if len(datum.data) != size:
             raise DataSourceError('%sDatum has %d data bytes but channels*height*width = %d'
@@ -331,6 +365,9 @@ def datum_to_array(datum, force_color=False, force_gray=False, layer=None):
     if len(datum.float_data) != size:
         raise DataSourceError('%sDatum has %d float_data values but channels*height*width '
                               '= %d' % (_where(layer), len(datum.float_data), size))
+    if size == 0:   # Caffe: DataTransformer's CHECK_GT(datum_channels, 0) and friends
+        raise DataSourceError('%sDatum is empty: channels %d, height %d, width %d and no '
+                              'pixels' % ((_where(layer),) + shape))
     return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
 
 
@@ -387,14 +424,31 @@ def decode_uniform(values):
     return rec[:, p:p + size].reshape(n, d.channels, d.height, d.width), labels
 
 
-def decode_datums(values, force_color=False, force_gray=False, layer=None, ragged=False):
+def decode_datum(value, force_color=False, force_gray=False, where='record'):
+    """``(array (C, H, W), label)`` of one serialized Datum; errors name ``where``."""
+    if not len(value):
+        raise DataSourceError('%s is empty (0 bytes), not a Datum' % where)
+    try:
+        datum = parse_datum(value)
+    except DecodeError as e:
+        raise DataSourceError('%s is not a Datum (%d bytes; protobuf: %s)'
+                              % (where, len(value), e)) from None
+    try:
+        return datum_to_array(datum, force_color, force_gray), datum.label
+    except QcaffeError as e:
+        raise type(e)('%s: %s' % (where, e)) from None
+
+
+def decode_datums(values, force_color=False, force_gray=False, layer=None, ragged=False,
+                  where=None):
     """Decode serialized Datums to ``(data (N, C, H, W), labels int64 (N,))``.
 
     Plain uint8 records of one layout are decoded together with numpy (``decode_uniform``: no
     per-record protobuf parse); anything else (float_data, encoded images, mixed layouts)
     record by record.  Records of different shapes are an error unless ``ragged``: then
     ``data`` is a list of (C, H, W) arrays (a cropping transform can still make one batch of
-    them, as in Caffe).
+    them, as in Caffe).  ``where(i)`` names record ``i`` in errors (its database, index and
+    key: :meth:`LMDBReader.describe`).
     """
     n = len(values)
     if n == 0:
@@ -402,18 +456,19 @@ def decode_datums(values, force_color=False, force_gray=False, layer=None, ragge
     fast = decode_uniform(values)
     if fast is not None:
         return fast
+    if where is None:
+        where = lambda i: '%srecord %d of %d' % (_where(layer), i, n)  # noqa: E731
     arrays, labels = [], np.empty(n, dtype=np.int64)
     for i, v in enumerate(values):
-        datum = parse_datum(v)
-        arrays.append(datum_to_array(datum, force_color, force_gray, layer))
-        labels[i] = datum.label
-    shapes = set(a.shape for a in arrays)
-    if len(shapes) != 1 and ragged:
+        arrays.append(None)
+        arrays[i], labels[i] = decode_datum(v, force_color, force_gray, where(i))
+    shapes = [a.shape for a in arrays]
+    if len(set(shapes)) != 1 and not ragged:
+        other = next(i for i, s in enumerate(shapes) if s != shapes[0])
+        raise RecordShapeError('%s has shape %s but %s has %s'
+                               % (where(other), shapes[other], where(0), shapes[0]))
+    if ragged and len(set(shapes)) != 1:
         return arrays, labels
-    if len(shapes) != 1:
-        raise DataSourceError('%srecords of one batch have different shapes %s; Caffe needs '
-                              'equal shapes within a batch (use batch_size 1 or resize the '
-                              'images when converting)' % (_where(layer), sorted(shapes)))
     return np.stack(arrays), labels
 
 

@@ -10,10 +10,12 @@ layer's Forward takes the next full one, copies it into the tops and gives it ba
   starts (Caffe seeds each InternalThread from ``caffe_rng_rand()``), so a ``random_seed``
   makes the batch sequence repeatable whatever the thread timing.
 * Errors: an exception in the producer is handed to the consumer, which raises
-  :class:`PrefetchError` naming the layer, with the original exception chained (and the
-  original traceback in the message).
+  :class:`PrefetchError` naming the layer, with the original exception chained: a
+  QcaffeError (bad data) keeps its one-line message, anything else (a bug) carries the
+  producer's traceback in the message.
 * Shutdown: ``stop()`` (also run when the owner is garbage collected or the interpreter exits)
-  sets a flag and joins the thread; the thread never blocks for long on a queue.
+  sets a flag and joins the thread; the thread never blocks for long on a queue.  A Ctrl-C
+  during the exit-time joins ends them quietly.
 """
 import atexit
 import queue
@@ -110,10 +112,17 @@ class Prefetcher(object):
         return item
 
     def _raise(self, failure):
+        exc = failure.exc
+        if isinstance(exc, QcaffeError):
+            # Bad data, reported by the reader with its database, record and key: the
+            # message is the whole story (the cause stays chained for debuggers).
+            message = str(exc)
+            if repr(self.name) not in message:
+                message = 'Layer %r: %s' % (self.name, message)
+            raise PrefetchError(message) from exc
         raise PrefetchError('Layer %r: loading data in the prefetch thread failed: %s: %s\n'
                             'Prefetch thread traceback:\n%s'
-                            % (self.name, type(failure.exc).__name__, failure.exc,
-                               failure.text)) from failure.exc
+                            % (self.name, type(exc).__name__, exc, failure.text)) from exc
 
     def release(self, batch):
         """Give a batch buffer back for refilling (Caffe: ``prefetch_free_.push``)."""
@@ -139,5 +148,14 @@ class Prefetcher(object):
 
 @atexit.register
 def _stop_all():
-    for p in list(_live):
-        p.stop(timeout=1.0)
+    """At interpreter exit: stop every prefetch thread (all flags first, then the joins)."""
+    live = list(_live)
+    for p in live:
+        p._stop.set()
+    try:
+        for p in live:
+            p.stop(timeout=1.0)
+    except KeyboardInterrupt:
+        # A second Ctrl-C while the process exits: the threads are daemons and die with it;
+        # a traceback from this hook would only bury the run's last messages.
+        pass

@@ -581,8 +581,9 @@ class DataLayer(BasePrefetchingDataLayer):
             skip = int(backend.rng().randint(0, p.rand_skip))
             log.info('Skipping first %d data points.', skip)
             self.reader.skip(skip)
-        first = self.reader.peek()
-        raw, _ = decode_datums([first], self.force_color, self.force_gray, self.name)
+        index, key, first = self.reader.peek()
+        raw, _ = decode_datums([first], self.force_color, self.force_gray, self.name,
+                               where=self.reader.describe(index, [key]))
         self.pos = self.reader.index
         if self.reader.entries * len(first) <= IN_MEMORY_LIMIT:
             self.memory = load_in_memory(self.reader)
@@ -622,9 +623,11 @@ class DataLayer(BasePrefetchingDataLayer):
             self.transform_into(batch, raw, rng)
             batch['label'][...] = lab
             return
-        values = self.reader.next_values(span)[self.offset::self.stride]
+        start, keys, values = self.reader.next_records(span)
+        keys, values = keys[self.offset::self.stride], values[self.offset::self.stride]
         raw, labels = decode_datums(values, self.force_color, self.force_gray, self.name,
-                                    ragged=True)
+                                    ragged=True, where=self.reader.describe(
+                                        start + self.offset, keys, self.stride))
         self.transform_into(batch, raw, rng)
         batch['label'][...] = labels
 

@@ -26,24 +26,30 @@ def compute_mean(db_path, backend='lmdb', chunk=1000):
     """
     if backend != 'lmdb':
         raise ToolError('--backend %s is not supported: qcaffe reads lmdb only' % backend)
-    from ..data.lmdb_io import LMDBReader, decode_datums
+    from ..data.lmdb_io import LMDBReader, RecordShapeError, decode_datums
     reader = LMDBReader(db_path)
     total, count = None, 0
+    resize = ('; compute_image_mean needs images of one size (convert them with '
+              'convert_imageset --resize_height and --resize_width)')
     try:
-        values = reader.txn.cursor().iternext(keys=False, values=True)
+        records = reader.txn.cursor().iternext(keys=True, values=True)
         while True:
-            batch = list(itertools.islice(values, chunk))
+            batch = list(itertools.islice(records, chunk))
             if not batch:
                 break
-            data, _ = decode_datums(batch)
+            keys = [k for k, _ in batch]
+            try:
+                data, _ = decode_datums([v for _, v in batch],
+                                        where=reader.describe(count, keys))
+            except RecordShapeError as e:
+                raise ToolError('%s%s' % (e, resize)) from None
             part = data.sum(axis=0, dtype=np.float64)
             if total is None:
                 total = part
             elif part.shape != total.shape:
-                raise ToolError('%s: items after #%d have shape %s but the first items have '
-                                '%s; compute_image_mean needs images of one size (resize '
-                                'them in convert_imageset)' % (db_path, count, part.shape,
-                                                                total.shape))
+                raise ToolError('%s has shape %s but the records before it have %s%s'
+                                % (reader.where(count, keys[0]), part.shape, total.shape,
+                                   resize))
             else:
                 total += part
             count += len(batch)
