@@ -255,11 +255,23 @@ class Solver(object):
 
     @staticmethod
     def _load_weights(net, weights):
-        """Caffe: ``LoadNetWeights``: a comma-separated list of weight files."""
+        """Caffe: ``LoadNetWeights``: a comma-separated list of weight files.
+
+        Beyond Caffe: weights holding NaN/inf are refused here, naming the file and layer,
+        instead of stopping the run at iteration 0 as a divergence.
+        """
         for path in weights.split(','):
             if path:
                 log.info('Finetuning from %s', path)
                 net.copy_from(path)
+                found = net.first_non_finite(tops=False)
+                if found is not None:
+                    i, blobs, _ = found
+                    raise SolverError(
+                        'weights file %s: layer %r (type %s) parameter blob(s) %s hold NaN or '
+                        'infinite values; training cannot start from them (was the file saved '
+                        'from a diverged run?)' % (display_path(path), net.layer_names[i],
+                                                   net.layers[i].type, blobs))
 
     def _pre_solve(self):
         """Caffe: ``SGDSolver::PreSolve`` (+ the AdaDelta/Adam second set): zero histories."""
@@ -458,25 +470,20 @@ class Solver(object):
     def _diverged(self, loss):
         """Stop on a non-finite loss, naming the first layer that produced one."""
         net = self.net
-        where, layer_name, blob_name = '', None, None
-        xp = backend.xp()
-        for i, layer in enumerate(net.layers):
-            bad_params = [j for j, b in enumerate(layer.blobs)
-                          if not bool(xp.isfinite(b.dev_data).all())]
-            if bad_params:
-                layer_name = net.layer_names[i]
-                where = ('layer %r (type %s): its learnable blob(s) %s hold non-finite values '
-                         '(the previous update diverged)' % (layer_name, layer.type, bad_params))
-                break
-            bad_tops = [net.blob_names[t] for t in net.top_ids[i]
-                        if not bool(xp.isfinite(net.blobs_list[t].dev_data).all())]
-            if bad_tops:
-                layer_name, blob_name = net.layer_names[i], bad_tops[0]
-                where = ('layer %r (type %s): first non-finite output in top %r'
-                         % (layer_name, layer.type, blob_name))
-                break
-        if not where:
+        layer_name = blob_name = None
+        found = net.first_non_finite()
+        if found is None:
             where = 'no layer output is non-finite; the loss sum overflowed'
+        else:
+            i, bad_params, blob_name = found
+            layer_name = net.layer_names[i]
+            if bad_params:
+                where = ('layer %r (type %s): its learnable blob(s) %s hold non-finite values '
+                         '(the previous update diverged)'
+                         % (layer_name, net.layers[i].type, bad_params))
+            else:
+                where = ('layer %r (type %s): first non-finite output in top %r'
+                         % (layer_name, net.layers[i].type, blob_name))
         kept = (' The last snapshot (%s) is kept.' % self.last_snapshot[0]
                 if self.last_snapshot else ' No snapshot is written for the diverged state.')
         message = ('Iteration %d: the training loss is %s; %s. Training stopped before the '

@@ -4,7 +4,9 @@ Caffe equivalent: ``caffe test`` (tools/caffe.cpp ``test()``).  Builds the net i
 phase, loads the weights, runs ``iterations`` forward passes and logs, per batch and per
 output element, "Batch i, <blob> = <value>", then "Loss: <mean loss>" and for every output
 element "<blob> = <mean>" plus " (* w = w*mean loss)" for loss outputs.  Scores are summed in
-float32, as Caffe's ``vector<float>`` does.
+float32, as Caffe's ``vector<float>`` does.  Beyond Caffe: a warning names the first layer
+whose output holds NaN/inf (and weights that do), since an Accuracy computed from NaN scores
+reads 1 in Caffe and here.
 """
 import logging
 
@@ -48,10 +50,31 @@ def net_from_flags(args, phase):
 
 
 def load_weights(net, weights):
-    """Caffe: ``CopyTrainedLayersFrom`` for each comma-separated weights file."""
+    """Caffe: ``CopyTrainedLayersFrom`` for each comma-separated weights file (a warning
+    names the file and layer when the weights hold NaN/inf)."""
     for path in split_list(weights):
         require_file(path, 'weights file (--weights)')
         net.copy_from(path)
+        found = net.first_non_finite(tops=False)
+        if found is not None:
+            i, blobs, _ = found
+            log.warning('Weights file %s: layer %r (type %s) parameter blob(s) %s hold NaN or '
+                        'infinite values', path, net.layer_names[i], net.layers[i].type, blobs)
+
+
+def warn_non_finite(net, batch):
+    """Say where NaN/inf first appears, once per run: the outputs may still look fine (Caffe's
+    Accuracy, which qcaffe follows, counts a NaN score as a correct prediction).  True if
+    it warned."""
+    found = net.first_non_finite(params=False)
+    if found is None:
+        return False
+    i, _, top = found
+    log.warning('Batch %d: layer %r (type %s) outputs NaN or infinite values in top %r; the '
+                'scores of this run are not meaningful (Caffe\'s Accuracy counts a NaN score '
+                'as a correct prediction, so accuracy can read 1)', batch, net.layer_names[i],
+                net.layers[i].type, top)
+    return True
 
 
 def output_elements(net):
@@ -67,8 +90,10 @@ def score(net, iterations):
     """Run ``iterations`` forwards; return (mean loss, [(name, loss weight, mean score)])."""
     names, weights, sums = [], [], None
     loss = np.float32(0)
+    warned = False
     for i in range(iterations):
         _, iter_loss = net.forward_prefilled()
+        warned = warned or warn_non_finite(net, i)
         loss += np.float32(iter_loss)
         outputs = output_elements(net)
         flat = np.concatenate([v for _, _, v in outputs]).astype(np.float32)
