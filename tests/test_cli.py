@@ -389,3 +389,40 @@ def test_train_nan_loss_stops_with_message(workdir, capsys):
     line = [l for l in err.splitlines() if ': error: ' in l][0]
     assert re.search(r'Iteration \d+: the training loss is', line), line
     assert 'last snapshot' in line and 'snap/quad_iter_' in line
+
+
+def _nan_weights(workdir):
+    """A .caffemodel of net.prototxt whose ip2 weights are NaN (a diverged run's)."""
+    import qcaffe
+    net = qcaffe.Net('net.prototxt', qcaffe.TEST)
+    net.params['ip2'][0].data[...] = np.nan
+    net.save('nan.caffemodel')
+    del net
+    return 'nan.caffemodel'
+
+
+def test_train_from_nan_weights_names_the_file_and_layer_before_training(workdir, capsys):
+    weights = _nan_weights(workdir)
+    assert cli(['train', '--solver', 'solver.prototxt', '--weights', weights]) == 1
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "weights file '%s' (relative to the current directory" % weights,
+                          "layer 'ip2' (type InnerProduct) parameter blob(s) [0] hold NaN or "
+                          "infinite values; training cannot start from them")
+    assert 'diverged' not in err.split(': error: ')[1].split('(was')[0]
+    assert 'Iteration 0' not in err
+
+
+def test_test_on_a_model_that_outputs_nan_warns_where(workdir, capsys):
+    """Caffe's Accuracy counts a NaN score as correct (x >= NaN is false for every class, so
+    no class beats the true one): accuracy reads 1, as here; a warning says why."""
+    weights = _nan_weights(workdir)
+    assert cli(['test', '-model', 'net.prototxt', '-weights', weights, '-iterations', '2']) == 0
+    err = capsys.readouterr().err
+    warnings = [l for l in err.splitlines() if l.startswith('W')]
+    assert len(warnings) == 2, err
+    assert ("Weights file nan.caffemodel: layer 'ip2' (type InnerProduct) parameter blob(s) "
+            "[0] hold NaN or infinite values") in warnings[0]
+    assert ("Batch 0: layer 'ip2' (type InnerProduct) outputs NaN or infinite values in top "
+            "'ip2'; the scores of this run are not meaningful (Caffe's Accuracy counts a NaN "
+            "score as a correct prediction, so accuracy can read 1)") in warnings[1]
+    assert re.search(r'\] accuracy = 1$', err, re.M)   # Caffe's number, kept

@@ -2,6 +2,8 @@
 import gzip
 import io
 import logging
+import os
+import re
 import time
 
 import numpy as np
@@ -235,21 +237,80 @@ def test_prefetch_thread_stops_when_layer_is_dropped(mnist_db):
     assert not thread.is_alive()
 
 
-def test_corrupt_record_is_reraised_with_layer_context(mnist, tmp_path):
+@pytest.mark.parametrize('record, problem', [
+    (b'\xff\xff not a datum', r' is not a Datum \(14 bytes; protobuf: .*corrupt'),
+    (b'', r' is empty \(0 bytes\), not a Datum'),
+    (datum_bytes(np.zeros((0, 28, 28), np.uint8)),
+     r': Datum is empty: channels 0, height 28, width 28 and no pixels'),
+    (caffe_pb2.Datum(channels=1, height=28, width=28, data=bytes(700)).SerializeToString(),
+     r': Datum has 700 data bytes but channels\*height\*width = 784')],
+    ids=['corrupt', 'empty_record', 'empty_datum', 'wrong_size'])
+def test_a_bad_record_is_reported_once_with_database_key_and_index(mnist, tmp_path, record,
+                                                                   problem):
     images, labels = mnist
     path = str(tmp_path / 'bad')
     items = [(key_for(i), datum_bytes(images[i], labels[i])) for i in range(10)]
-    items[6] = (key_for(6), b'\xff\xff not a datum')
+    items[6] = (key_for(6), record)
     write_lmdb(path, items)
     layer = data_layer(path, batch_size=4, name='broken')
     top = [Blob(), Blob()]
     layer.setup([], top)
     layer.forward([], top)  # records 0-3 are fine
-    with pytest.raises(PrefetchError, match=r"Layer 'broken'.*prefetch thread failed") as e:
+    with pytest.raises(PrefetchError) as e:
         layer.forward([], top)
-    assert e.value.__cause__ is not None
+    msg = str(e.value)
+    assert re.match(r"Layer 'broken': LMDB '%s', record 6 \(key '00000006'\)%s"
+                    % (re.escape(path), problem), msg), msg
+    assert '\n' not in msg and 'Traceback' not in msg and 'differ in size' not in msg
+    assert isinstance(e.value.__cause__, DataSourceError)
     with pytest.raises(PrefetchError):  # and it stays failed
         layer.forward([], top)
+
+
+def test_a_bad_first_record_is_reported_at_setup(mnist, tmp_path):
+    path = str(tmp_path / 'bad0')
+    write_lmdb(path, [(key_for(0), b'')] + [(key_for(i), datum_bytes(mnist[0][i], 1))
+                                            for i in range(1, 4)])
+    with pytest.raises(DataSourceError, match=r"Layer 'first': LMDB '.*bad0', record 0 \(key "
+                       r"'00000000'\) is empty \(0 bytes\), not a Datum$"):
+        data_layer(path, batch_size=2, name='first').setup([], [Blob(), Blob()])
+
+
+def test_an_unexpected_prefetch_failure_keeps_its_traceback():
+    def fill(batch, rng):
+        raise ZeroDivisionError('a bug')
+    p = Prefetcher(fill, dict, count=1, name='unit', seed=1)
+    with pytest.raises(PrefetchError, match=r"(?s)Layer 'unit': loading data in the prefetch "
+                       r"thread failed: ZeroDivisionError: a bug.*Traceback"):
+        p.next()
+    p.stop()
+
+
+def test_a_second_ctrl_c_while_prefetch_threads_stop_at_exit_prints_no_traceback(tmp_path):
+    """The exit hook joins the prefetch threads; a Ctrl-C (SIGINT) arriving meanwhile must
+    not print 'Exception ignored in atexit callback' with a traceback."""
+    import subprocess
+    import sys
+    script = tmp_path / 'exit.py'
+    script.write_text(
+        'import os, signal, time\n'
+        'from qcaffe.data.prefetch import Prefetcher\n'
+        'calls = []\n'
+        'def fill(batch, rng):\n'
+        '    calls.append(1)\n'
+        '    if len(calls) == 2:   # filling while the main thread exits and joins\n'
+        '        time.sleep(0.3)\n'
+        '        os.kill(os.getpid(), signal.SIGINT)\n'
+        '        time.sleep(0.3)\n'
+        'p = Prefetcher(fill, dict, count=1, name="d", seed=1)\n'
+        'p.release(p.next())\n'
+        'print("exiting", flush=True)\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.stdout == 'exiting\n'
+    assert 'Traceback' not in done.stderr and 'KeyboardInterrupt' not in done.stderr, \
+        done.stderr
 
 
 def test_prefetcher_keeps_order_and_reuses_buffers():

@@ -1,6 +1,7 @@
 """Issue 2 item 7: bad input gives a clear QcaffeError naming what is wrong, never a bare
 traceback from deep inside (malformed prototxt, unknown layer type, unproduced bottom, weight
 shape mismatch, truncated or non-Caffe binary files)."""
+import logging
 import os
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 
 import qcaffe
 from qcaffe import backend
-from qcaffe.io import ModelFileError, ModelFileNotFoundError, ProtoParseError, QcaffeError
+from qcaffe.io import (ModelFileError, ModelFileNotFoundError, ProtoParseError, QcaffeError,
+                       UpgradeError)
 from qcaffe.layers.base import LayerError
 from qcaffe.net import NetError, WeightsMismatchError
 from shared_data import require_shared
@@ -199,3 +201,111 @@ def test_every_error_class_is_a_qcaffe_error():
                 ModelFileNotFoundError):
         assert issubclass(cls, QcaffeError)
     assert os.path.exists(require_shared('models', 'lenet', 'lenet.prototxt'))
+
+
+# ------------------------------------------------- damaged names, huge shapes, no memory
+def _damaged_name(data, name):
+    """``data`` with the first layer name field ``name`` (field 1 of LayerParameter, field 4 of
+    V1LayerParameter) turned into invalid UTF-8."""
+    for tag in (b'\x0a', b'\x22'):
+        field = tag + bytes([len(name)]) + name
+        at = data.find(field)
+        if at >= 0:
+            return data[:at + 2] + b'\xff' + data[at + 3:]
+    raise AssertionError('no name field %r' % name)
+
+
+def test_v1_caffemodel_with_a_non_utf8_layer_name_is_a_clear_error(tmp_path):
+    src = require_shared('models', 'lenet_v1', 'lenet_iter_10000.caffemodel')
+    with open(src, 'rb') as f:
+        data = f.read()
+    path = write(tmp_path, 'v1.caffemodel', _damaged_name(data, b'conv1'))
+    with pytest.raises(UpgradeError) as e:
+        qcaffe.Net(require_shared('models', 'lenet_v1', 'lenet.prototxt'), qcaffe.TEST,
+                   weights=path)
+    msg = str(e.value)
+    assert msg == ("%s: cannot upgrade V1 layer #1: its name b'\\xffonv1' is not valid UTF-8 "
+                   "text (the file is damaged)" % path)
+
+
+def test_v2_caffemodel_with_a_non_utf8_layer_name_warns_that_it_is_not_loaded(tmp_path, caplog):
+    src = require_shared('models', 'lenet', 'lenet_iter_10000.caffemodel')
+    with open(src, 'rb') as f:
+        data = f.read()
+    path = write(tmp_path, 'v2.caffemodel', _damaged_name(data, b'conv1'))
+    logger = logging.getLogger('qcaffe')
+    old = logger.propagate
+    logger.propagate = True     # setup_logging elsewhere may have turned it off
+    try:
+        with caplog.at_level(logging.WARNING, logger='qcaffe'):
+            # Caffe matches layers by name: the damaged one matches nothing and is ignored
+            qcaffe.Net(require_shared('models', 'lenet', 'lenet.prototxt'), qcaffe.TEST,
+                       weights=path)
+    finally:
+        logger.propagate = old
+    assert ("the name b'\\xffonv1' of layer #1 is not valid UTF-8 (a damaged file?); no layer "
+            "can match it, so its weights are not loaded") in caplog.text
+
+
+def test_blob_reshape_refuses_what_caffe_refuses():
+    from qcaffe.blob import Blob, BlobShapeError
+    with pytest.raises(BlobShapeError, match=r"^blob shape 64 1 4294967296 28 has 7696581394432 "
+                       r"elements; Caffe's Blob::Reshape allows at most INT_MAX = 2147483647 "
+                       r"\(blob size exceeds INT_MAX\)$"):
+        Blob(64, 1, 4294967296, 28)
+    with pytest.raises(BlobShapeError, match='exceeds INT_MAX'):
+        Blob(2 ** 16, 2 ** 15)      # 2**31: one past INT_MAX
+    assert Blob(2 ** 16, 2 ** 15 - 1).count == 2 ** 31 - 2 ** 16    # lazily allocated
+    assert Blob(0, 2 ** 40).count == 0      # Caffe skips the check once the count is 0
+    with pytest.raises(BlobShapeError, match='at most 32 axes'):
+        Blob(*[1] * 33)
+    with pytest.raises(ValueError, match='>= 0'):  # still a ValueError, as before
+        Blob(2, -1)
+
+
+def test_a_shape_over_int_max_is_refused_at_setup_naming_layer_and_blob(tmp_path):
+    path = write(tmp_path, 'big.prototxt', (GOOD % 4).replace('dim: 2 dim: 3',
+                                                               'dim: 4294967296 dim: 3'))
+    with pytest.raises(NetError) as e:
+        qcaffe.Net(path, qcaffe.TEST)
+    assert str(e.value) == (
+        "net 'tiny' (%s): layer 'data' (type Input), setup, top blob 'x': blob shape "
+        "4294967296 3 has 12884901888 elements; Caffe's Blob::Reshape allows at most INT_MAX = "
+        "2147483647 (blob size exceeds INT_MAX)" % path)
+
+
+OOM_NET = '''name: "oom"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1000 } } }
+layer { name: "tile" type: "Tile" bottom: "x" top: "big" tile_param { axis: 1 tiles: 400000 } }
+'''
+
+OOM_SCRIPT = '''
+import resource, sys
+import qcaffe
+from qcaffe.io.errors import QcaffeError
+vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize')][0].split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (512 << 20),) * 2)   # 1.6 GB will not fit
+net = qcaffe.Net(sys.argv[1], qcaffe.TEST)
+try:
+    net.forward()
+except MemoryError as e:
+    print('%s|%s|%s' % (type(e).__name__, isinstance(e, QcaffeError), e))
+'''
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='needs Linux /proc')
+def test_an_allocation_failure_names_layer_blob_shape_and_bytes(tmp_path):
+    import subprocess
+    import sys
+    path = write(tmp_path, 'oom.prototxt', OOM_NET)
+    script = write(tmp_path, 'oom.py', OOM_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), QCAFFE_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, script, path], capture_output=True, text=True,
+                          timeout=120, env=env)
+    kind, is_qcaffe, msg = done.stdout.strip().split('|', 2)
+    assert (kind, is_qcaffe) == ('NetOutOfMemoryError', 'True'), done.stdout + done.stderr
+    assert msg.startswith(
+        "net 'oom': layer 'tile' (type Tile), forward, top blob 'big' (shape 1 400000000 "
+        "(400000000)): out of memory: cannot allocate 1.49 GiB (1600000000 bytes) of host "
+        "memory for a blob of shape 1 400000000 (400000000 float32 elements)"), msg
+    assert '\n' not in msg

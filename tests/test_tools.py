@@ -303,3 +303,18 @@ def test_normalize_flags():
         == ['--noshuffle', '--gray', '--', '-x']
     with pytest.raises(ToolError, match='boolean'):
         normalize_flags(['--gray=maybe'], {'gray'})
+
+
+def test_compute_image_mean_on_mixed_sizes_names_the_record(tmp_path, capsys):
+    from qcaffe.data.lmdb_io import datum_bytes, key_for, write_lmdb
+    db = str(tmp_path / 'mixed')
+    write_lmdb(db, [(key_for(i), datum_bytes(np.zeros((1, 9 if i == 3 else 8, 8), np.uint8)))
+                    for i in range(5)])
+    assert cli(['compute_image_mean', db]) == 1
+    err = capsys.readouterr().err
+    line, = [l for l in err.splitlines() if ': error: ' in l]
+    assert line == ("qcaffe compute_image_mean: error: LMDB '%s', record 3 (key '00000003') "
+                    "has shape (1, 9, 8) but LMDB '%s', record 0 (key '00000000') has "
+                    "(1, 8, 8); compute_image_mean needs images of one size (convert them with "
+                    "convert_imageset --resize_height and --resize_width)" % (db, db))
+    assert 'batch_size' not in err
