@@ -1,3 +1,4 @@
+import logging
 import os
 import sys
 
@@ -23,3 +24,29 @@ def _qcaffe_mode():
         yield
     finally:
         backend.set_mode_cpu()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def warnings(self):
+        """The messages of the WARNING (and worse) records."""
+        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
+
+
+@pytest.fixture
+def qlog():
+    """The qcaffe logger's records (setup_logging elsewhere may stop propagation, so
+    pytest's caplog cannot be relied on)."""
+    logger = logging.getLogger('qcaffe')
+    handler, level = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

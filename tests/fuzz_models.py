@@ -38,6 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from shared_data import shared_path  # noqa: E402
 
+from qcaffe.io.binary import read_varint  # noqa: E402
+
 # Address-space limit of a fuzzing process: a real load of LeNet needs < 1 GB.
 MEMORY_LIMIT = 3 << 30
 CASE_TIMEOUT_S = 20
@@ -53,18 +55,6 @@ INTERESTING_STRINGS = ('', 'data', 'conv1', 'ip1', 'prob', 'x' * 300, 'Convoluti
 
 
 # ------------------------------------------------------------------ binary mutations
-def _varint(data, pos, end):
-    result = shift = 0
-    while pos < end and shift < 64:
-        b = data[pos]
-        pos += 1
-        result |= (b & 0x7f) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-    return None, pos
-
-
 def structure_offsets(data, descriptor, start=0, end=None, out=None, depth=0):
     """Offsets of the framing bytes of a protobuf (tags, lengths, varints, string bytes, the
     edges of packed arrays), where a mutation changes the structure rather than a weight."""
@@ -73,7 +63,7 @@ def structure_offsets(data, descriptor, start=0, end=None, out=None, depth=0):
     pos = start
     while pos < end:
         tag_pos = pos
-        tag, pos = _varint(data, pos, end)
+        tag, pos = read_varint(data, pos, end)
         if tag is None:
             return out
         out.extend(range(tag_pos, pos))
@@ -81,13 +71,13 @@ def structure_offsets(data, descriptor, start=0, end=None, out=None, depth=0):
         field = descriptor.fields_by_number.get(number) if descriptor else None
         if wire == 0:
             v_pos = pos
-            _, pos = _varint(data, pos, end)
+            _, pos = read_varint(data, pos, end)
             out.extend(range(v_pos, pos))
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
         elif wire == 2:
             l_pos = pos
-            length, pos = _varint(data, pos, end)
+            length, pos = read_varint(data, pos, end)
             if length is None:
                 return out
             out.extend(range(l_pos, pos))

@@ -7,7 +7,6 @@ writer are removed at the next start; a state with a negative iteration is refus
 The net reads a small LMDB with random crops and mirrors and has a Dropout layer, so both
 the data layer's state and the host RNG travel in the companion.
 """
-import logging
 import os
 import subprocess
 import sys
@@ -31,29 +30,6 @@ layer { name: "ip" type: "InnerProduct" bottom: "drop" top: "ip"
   inner_product_param { num_output: 3 weight_filler { type: "xavier" } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 '''
-
-
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def warnings(self):
-        return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
-
-
-@pytest.fixture
-def qlog():
-    logger = logging.getLogger('qcaffe')
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope='module')

@@ -33,28 +33,6 @@ TINY_LAYERS = ('Input', 'Convolution', 'ReLU', 'Pooling', 'InnerProduct', 'Softm
 BN_LAYERS = TINY_LAYERS + ('BatchNorm', 'Scale')
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-@pytest.fixture
-def qlog():
-    """The qcaffe logger's records (setup_logging elsewhere may stop propagation, so
-    pytest's caplog cannot be relied on)."""
-    logger = logging.getLogger('qcaffe')
-    handler, level = _Records(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-
-
 def require_layers(*types):
     missing = sorted(set(types) - set(layer_type_list()))
     if missing:

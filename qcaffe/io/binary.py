@@ -77,7 +77,9 @@ class _WireProblem(Exception):
         self.truncated = truncated
 
 
-def _read_varint(data, pos, end):
+def read_varint(data, pos, end):
+    """``(value, position after it)`` of the protobuf varint at ``data[pos:end]``; the value
+    is None when the varint runs past ``end``."""
     result = shift = 0
     while pos < end and shift < 70:
         byte = data[pos]
@@ -94,10 +96,10 @@ def _submessage_name(data, pos, end, descriptor):
     field = descriptor.fields_by_number.get(1)
     if field is None or field.name != 'name' or field.type != field.TYPE_STRING:
         return ''
-    tag, p = _read_varint(data, pos, end)
+    tag, p = read_varint(data, pos, end)
     if tag != (1 << 3 | 2):
         return ''
-    length, p = _read_varint(data, p, end)
+    length, p = read_varint(data, p, end)
     if length is None or p + length > end or length > 200:
         return ''
     return ' %r' % data[p:p + length].decode('utf-8', 'replace')
@@ -110,7 +112,7 @@ def _walk_wire(data, descriptor, start, end, label, depth):
     pos = start
     while pos < end:
         tag_pos = pos
-        tag, pos = _read_varint(data, pos, end)
+        tag, pos = read_varint(data, pos, end)
         if tag is None:
             raise _WireProblem('the data ends inside a field tag at byte offset %d%s'
                                % (tag_pos, label), pos >= total)
@@ -126,7 +128,7 @@ def _walk_wire(data, descriptor, start, end, label, depth):
         if number == 0:
             raise _WireProblem('invalid field number 0 at byte offset %d' % tag_pos, False)
         if wire_type == 0:
-            value, pos = _read_varint(data, pos, end)
+            value, pos = read_varint(data, pos, end)
             if value is None:
                 raise _WireProblem('the data ends inside %s (byte offset %d)' % (where, tag_pos),
                                    pos >= total)
@@ -141,7 +143,7 @@ def _walk_wire(data, descriptor, start, end, label, depth):
         if wire_type != 2:
             raise _WireProblem('%s at byte offset %d uses wire type %d, which Caffe never writes'
                                % (where, tag_pos, wire_type), False)
-        length, pos = _read_varint(data, pos, end)
+        length, pos = read_varint(data, pos, end)
         if length is None:
             raise _WireProblem('the data ends inside the length of %s (byte offset %d)'
                                % (where, tag_pos), pos >= total)
