@@ -207,6 +207,16 @@ def test_lr_policies_match_caffe_log():
             assert fmt(rate) == fmt(expected), (policy, it, rate, expected)
 
 
+def test_a_rate_that_overflows_is_inf_as_in_caffe():
+    """std::pow(float, int) overflows to inf in C++; Python's float ** int would raise."""
+    p = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy='exp', gamma=2.0)
+    assert lr_policy.learning_rate(p, 10000, 0)[0] == np.inf
+    p = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy='step', gamma=10, stepsize=1)
+    assert lr_policy.learning_rate(p, 400, 0) == (np.inf, 400)
+    p.gamma = 0.5   # and the ordinary range is unchanged: 0.01 * 0.5^3
+    assert lr_policy.learning_rate(p, 3, 0)[0] == np.float32(0.01 * 0.125)
+
+
 def test_warm_up_ramps_to_the_schedule_and_respects_min_lr():
     p = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy='fixed', rampup_interval=10,
                                   rampup_lr=0.01, min_lr=0.02)

@@ -33,8 +33,10 @@ def _check(cond, message):
 
 
 def _pow_int(base, exponent):
-    # C++ std::pow(float, int) promotes to double; the caller rounds the product to float.
-    return float(f32(base)) ** int(exponent)
+    # C++ std::pow(float, int) promotes to double (libm pow); the caller rounds the product
+    # to float.  An overflow gives inf, as in C++ (Python's float ** int would raise).
+    with np.errstate(over='ignore'):
+        return float(np.power(np.float64(f32(base)), np.float64(int(exponent))))
 
 
 def fixed(param, it, current_step):
