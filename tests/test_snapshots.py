@@ -101,7 +101,7 @@ def test_the_state_records_its_companion_and_a_missing_one_is_reported(
     warning, = qlog.warnings()          # ... and says what is not restored, once
     assert state_file in warning and os.path.basename(companion) in warning
     assert 'which is missing' in warning and 'will not match an uninterrupted run' in warning
-    assert 'layer(s) d restart from their first record' in warning
+    assert "layer(s) 'd' restart from their first record" in warning
 
 
 def test_a_companion_of_another_snapshot_is_ignored_with_a_warning(db, tmp_path, qlog):

@@ -802,7 +802,7 @@ class Solver(object):
                     'generator is not restored, so training continues but will not match an '
                     'uninterrupted run.', display_path(state_file), what,
                     'layer(s) %s restart from their first record and a new random state, and '
-                    % ', '.join(stateful) if stateful else '')
+                    % ', '.join(repr(n) for n in stateful) if stateful else '')
 
     def solver_state(self, learned_net=''):
         """The SolverState proto of the current state (history blobs with shapes)."""
