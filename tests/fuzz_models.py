@@ -1,11 +1,11 @@
 """Seeded fuzzing of model loading: mutated copies of real Caffe files must load or fail with
 a one-line :class:`qcaffe.io.QcaffeError`, never with another exception.
 
-The inputs are the shared LeNet files (``models/lenet``: V2 prototxt, caffemodel and
-solverstate; ``models/lenet_v1``: the same net in the V1 format).  Each case mutates ONE
-file of a (prototxt, caffemodel[, solverstate]) set and then does what a user does:
-``Net(prototxt, TEST, weights=caffemodel)``, a forward pass on random input and, for a
-solverstate case, ``Solver.restore``.
+The inputs are the shared LeNet files (``models/lenet``: V2 prototxt, caffemodel, solver
+and solverstate; ``models/lenet_v1``: the same net in the V1 format).  Each case mutates
+ONE file of such a set and then does what a user does: ``Net(prototxt, TEST,
+weights=caffemodel)`` and a forward pass on random input or, for a solver or solverstate
+case, the solver on that net, ``Solver.restore`` and one training step.
 
 Binary mutations (bit flips, byte overwrites, truncation, deleted / duplicated / inserted
 ranges) land on the protobuf framing (tags, lengths, varints, names) rather than on the
@@ -51,7 +51,8 @@ INTERESTING_NUMBERS = ('0', '-1', '1', '2', '3', '7', '-7', '65', '1000', '21474
 INTERESTING_STRINGS = ('', 'data', 'conv1', 'ip1', 'prob', 'x' * 300, 'Convolution',
                        'InnerProduct', 'Pooling', 'ReLU', 'Softmax', 'Nope', 'xavier',
                        'gaussian', 'constant', 'bogus', '\\377\\376', '\\000', 'a b',
-                       'data_data_0_split')
+                       'data_data_0_split', 'fixed', 'step', 'exp', 'inv', 'multistep',
+                       'poly', 'sigmoid', 'SGD', 'Adam', 'AdaDelta', 'Nesterov', 'L1', 'L2')
 
 
 # ------------------------------------------------------------------ binary mutations
@@ -138,15 +139,20 @@ _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:e-?\d+)?|[A-Za-z_]\w*|
 
 def mutate_text(text, rng):
     """One random mutation of a prototxt; returns (new text, description)."""
+    if not text:
+        return text, 'nothing left to mutate'
     tokens = list(_TOKEN.finditer(text))
     lines = text.split('\n')
+    pick = {'number': lambda t: t[0].isdigit() or t[0] == '-',
+            'string': lambda t: t[0] == '"',
+            'ident': lambda t: t[0].isalpha() or t[0] == '_',
+            'punct': lambda t: t in '{}:'}
     kind = rng.choice(('number', 'number', 'number', 'string', 'string', 'ident', 'ident',
                        'delete_line', 'dup_line', 'swap_lines', 'punct', 'char'))
+    cands = [m for m in tokens if pick[kind](m.group())] if kind in pick else []
+    if kind in pick and not cands:     # an earlier mutation left none of those
+        kind = 'char'
     if kind in ('number', 'string', 'ident'):
-        pick = {'number': lambda t: t[0].isdigit() or t[0] == '-',
-                'string': lambda t: t[0] == '"',
-                'ident': lambda t: t[0].isalpha() or t[0] == '_'}[kind]
-        cands = [m for m in tokens if pick(m.group())]
         m = rng.choice(cands)
         if kind == 'number':
             new = rng.choice(INTERESTING_NUMBERS)
@@ -169,8 +175,7 @@ def mutate_text(text, rng):
         j = rng.randrange(len(lines))
         lines[i], lines[j] = lines[j], lines[i]
     elif kind == 'punct':
-        p = [m for m in tokens if m.group() in '{}:']
-        m = rng.choice(p)
+        m = rng.choice(cands)
         new = rng.choice(('', '{', '}', ':', '""'))
         return text[:m.start()] + new + text[m.end():], 'punct %r -> %r' % (m.group(), new)
     else:
@@ -190,6 +195,7 @@ class Inputs(object):
         for version, d in (('v2', 'lenet'), ('v1', 'lenet_v1')):
             files = {}
             for kind, name, desc in (('prototxt', 'lenet.prototxt', None),
+                                     ('solver', 'lenet_solver.prototxt', None),
                                      ('caffemodel', 'lenet_iter_10000.caffemodel',
                                       caffe_pb2.NetParameter.DESCRIPTOR),
                                      ('solverstate', 'lenet_iter_10000.solverstate',
@@ -205,11 +211,12 @@ def make_case(inputs, rng):
     """(version, mutated kind, {kind: bytes}, description) of one random case."""
     version = rng.choice(('v2', 'v1'))
     files = inputs.sets[version]
-    kind = rng.choice(('prototxt', 'prototxt', 'caffemodel', 'caffemodel', 'solverstate'))
+    kind = rng.choice(('prototxt', 'prototxt', 'caffemodel', 'caffemodel', 'solverstate',
+                       'solver'))
     contents = {k: v[1] for k, v in files.items()}
     done = []
     for _ in range(rng.choice((1, 1, 1, 2, 3))):    # mostly one mutation, sometimes more
-        if kind == 'prototxt':
+        if kind in ('prototxt', 'solver'):
             text, what = mutate_text(contents[kind].decode('utf-8', 'surrogateescape'), rng)
             contents[kind] = text.encode('utf-8', 'surrogateescape')
         else:
@@ -218,32 +225,56 @@ def make_case(inputs, rng):
     return version, kind, contents, '; '.join(done)
 
 
+_on_disk = {}     # path -> the bytes object last written there
+
+
 def run_case(workdir, inputs, version, kind, contents):
     """Load the case's files as a user would; returns None or raises what qcaffe raised."""
     import qcaffe
-    from qcaffe.proto import caffe_pb2
     from qcaffe.solvers import create_solver
     paths = {}
     for k, data in contents.items():
-        paths[k] = os.path.join(workdir, inputs.sets[version][k][0])
-        with open(paths[k], 'wb') as f:
-            f.write(data)
-    if kind == 'solverstate':
-        param = caffe_pb2.SolverParameter(net=paths['prototxt'], base_lr=0.01, momentum=0.9,
-                                          lr_policy='fixed', type='SGD')
-        solver = create_solver(param, source='<fuzz>')
+        paths[k] = os.path.join(workdir, version, inputs.sets[version][k][0])
+        os.makedirs(os.path.dirname(paths[k]), exist_ok=True)
+        if _on_disk.get(paths[k]) is not data:     # pristine files are written once
+            with open(paths[k], 'wb') as f:
+                f.write(data)
+            _on_disk[paths[k]] = data
+    if kind in ('solverstate', 'solver'):
+        # LeNet's solver on the deploy net (its train net reads an LMDB we do not have),
+        # test_iter capped, snapshots kept in the work folder; then restore and train on.
+        from qcaffe.io.binary import read_solver_param
+        param = read_solver_param(paths['solver'])
+        if param.HasField('net'):
+            param.net = paths['prototxt']
+        param.test_iter[:] = [min(t, 2) for t in param.test_iter]
+        param.snapshot_prefix = os.path.join(workdir, 'snap')
+        solver = create_solver(param, source=paths['solver'])
+        for net in [solver.net] + solver.test_nets:
+            small_batch(net)
         cwd = os.getcwd()
         os.chdir(workdir)     # learned_net is relative, as Caffe wrote it
         try:
             solver.restore(paths['solverstate'])
+            solver.step(1)
         finally:
             os.chdir(cwd)
         return
     net = qcaffe.Net(paths['prototxt'], qcaffe.TEST, weights=paths['caffemodel'])
+    small_batch(net)
     for b in net.inputs:
         blob = net.blobs[b]
         blob.data[...] = np.random.RandomState(0).rand(*blob.data.shape)
     net.forward()
+
+
+def small_batch(net):
+    """At most 2 items per input (the shapes the file asked for were checked at setup):
+    the forward passes cost a tenth of LeNet's 64."""
+    for blob in net.input_blobs:
+        if blob.shape and blob.shape[0] > 2:
+            blob.reshape((2,) + blob.shape[1:])
+    net.reshape_all()
 
 
 class _Timeout(Exception):
