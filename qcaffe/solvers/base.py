@@ -150,7 +150,7 @@ class Solver(object):
                        % p.regularization_type)
         self.check_param()
         self.check_snapshot_write_permissions()
-        if p.HasField('snapshot_prefix'):
+        if self.is_root and p.HasField('snapshot_prefix'):     # only the root snapshots
             self._clean_snapshot_temporaries()
         if p.random_seed >= 0:
             backend.set_random_seed(p.random_seed + self.rank)
