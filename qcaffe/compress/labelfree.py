@@ -101,26 +101,32 @@ def argmin_alpha(w, q):
     return _row_sum(w * q) / (_row_sum(q * q) + np.float32(WEIGHT_EPS))
 
 
-def argmin_b(w, alpha, integer_width, float_width, qtype):
-    """utils.argmin_B: quantize w / alpha row by row; a row with alpha = 0 (an all-zero row)
-    gives 0 instead of the original's 0/0."""
-    b = np.zeros_like(w)
-    np.divide(w, alpha, out=b, where=alpha != 0)
+def argmin_b(w, alpha, integer_width, float_width, qtype, zero_rows=None):
+    """utils.argmin_B: quantize w / alpha row by row.  IEEE division as the original (a row
+    whose alpha fell to 0 gets ±inf, i.e. the largest level, and recovers), except for the
+    all-zero rows in the boolean mask ``zero_rows``, which give 0 where the original's 0/0
+    gives NaN."""
+    with np.errstate(divide='ignore', invalid='ignore'):
+        b = w / alpha
+    if zero_rows is not None:
+        b[zero_rows] = 0
     return weight_quantization(b, integer_width, float_width, qtype)
 
 
 def _relative_change(prev, alpha):
     """||prev - alpha||₂ / ||alpha||₂ of the (n, 1) columns, as the original: numpy's matrix
-    2-norm (largest singular value), which is the vector norm up to rounding."""
-    norm = np.linalg.norm(alpha, 2)
-    return np.linalg.norm(prev - alpha, 2) / norm if norm else np.float32(0)
+    2-norm (largest singular value), which is the vector norm up to rounding; float32, so an
+    all-zero alpha gives inf (the loop goes on) or NaN (it stops)."""
+    with np.errstate(divide='ignore', invalid='ignore'):   # alpha = 0: inf (go on), 0/0: stop
+        return np.linalg.norm(prev - alpha, 2) / np.linalg.norm(alpha, 2)
 
 
 def solve(w, integer_width, float_width, qtype):
     """The alternating minimisation of ||w - alpha·Q||² for one width (the loop body of
     quantization_with_scale).  ``w``: (n, K) float32.  Returns (Q, alpha (n, 1), passes)."""
+    zero_rows = ~w.any(axis=1)
     alpha = alpha_init(w)
-    q = argmin_b(w, alpha, integer_width, float_width, qtype)
+    q = argmin_b(w, alpha, integer_width, float_width, qtype, zero_rows)
     div = _relative_change(np.float32(1e10), alpha)
     prev, passes = alpha, 0
     while div > np.float64(WEIGHT_EPS):
@@ -130,7 +136,7 @@ def solve(w, integer_width, float_width, qtype):
                         'values', qtype, integer_width, MAX_ITER, div)
             break
         alpha = argmin_alpha(w, q)
-        q = argmin_b(w, alpha, integer_width, float_width, qtype)
+        q = argmin_b(w, alpha, integer_width, float_width, qtype, zero_rows)
         div = _relative_change(prev, alpha)
         prev = alpha
         passes += 1

@@ -77,16 +77,19 @@ dropout); ``dropout``: TRAIN-phase dropout during calibration, as the original (
 
 
 def check_options(opt):
-    """Raise :class:`LabelFreeError` naming the option and its valid range."""
-    for name, (lo, hi) in (('weight_bits', WEIGHT_BITS_RANGE), ('edge_bits', EDGE_BITS_RANGE),
-                           ('act_bits', ACT_BITS_RANGE)):
-        value = getattr(opt, name)
+    """Raise :class:`LabelFreeError` naming the option (and its ``qcaffe labelfree`` flag)
+    and its valid range."""
+    def name(field):
+        return '%s (--%s)' % (field, field.replace('_', '-'))
+    for field, (lo, hi) in (('weight_bits', WEIGHT_BITS_RANGE), ('edge_bits', EDGE_BITS_RANGE),
+                            ('act_bits', ACT_BITS_RANGE)):
+        value = getattr(opt, field)
         if not lo <= value <= hi:
-            raise LabelFreeError('%s must be in %d..%d, got %d' % (name, lo, hi, value))
-    for name, least in (('bn_images', 2), ('act_images', 1), ('batch_size', 1)):
-        if getattr(opt, name) < least:
+            raise LabelFreeError('%s must be in %d..%d, got %d' % (name(field), lo, hi, value))
+    for field, least in (('bn_images', 2), ('act_images', 1), ('batch_size', 1)):
+        if getattr(opt, field) < least:
             raise LabelFreeError('%s must be at least %d, got %d'
-                                 % (name, least, getattr(opt, name)))
+                                 % (name(field), least, getattr(opt, field)))
 
 
 # --------------------------------------------------------------------- prototxt surgery
@@ -162,11 +165,11 @@ def _data_layer(param, source):
         raise LabelFreeError('%s: the TRAIN-phase net has %d Data layers (%s); label-free '
                              'compression feeds the images through one'
                              % (source, len(data), ', '.join(lp.name for lp in data)))
-    if data:
-        return data[0]
-    inputs = [lp for lp in param.layer if lp.type == 'Input']
-    if inputs:
-        return inputs[0]
+    found = data or [lp for lp in param.layer if lp.type == 'Input']
+    if found:
+        lp = caffe_pb2.LayerParameter()
+        lp.CopyFrom(found[0])           # a copy: the net's own gets replaced by a stand-in
+        return lp
     raise LabelFreeError('%s: no Data or Input layer in the TRAIN-phase net to feed the '
                          'images to (layer types: %s)'
                          % (source, ', '.join(sorted({lp.type for lp in param.layer}))))
