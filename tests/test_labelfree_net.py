@@ -8,7 +8,6 @@ tops.  Then the written model through ``qcaffe test``, the options and the bad i
 
 A learnable toy task keeps it fast: 8x8 images whose label is the brightest quadrant.
 """
-import os
 import tracemalloc
 
 import numpy as np
@@ -45,7 +44,8 @@ layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
                       weight_filler { type: "xavier" } } }
 layer { name: "bn2" type: "BatchNorm" bottom: "conv2" top: "conv2" }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-layer { name: "drop2" type: "Dropout" bottom: "conv2" top: "conv2" dropout_param { dropout_ratio: 0.2 } }
+layer { name: "drop2" type: "Dropout" bottom: "conv2" top: "conv2"
+  dropout_param { dropout_ratio: 0.2 } }
 layer { name: "ip1" type: "InnerProduct" bottom: "conv2" top: "ip1"
   inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }
 layer { name: "bn3" type: "BatchNorm" bottom: "ip1" top: "ip1" }
@@ -253,7 +253,6 @@ def test_command_writes_a_model_that_qcaffe_test_scores(model, capsys):
     conv1 = qnet.params['conv1']
     alpha = qnet.params['conv1' + ALPHA_SUFFIX]
     x = qnet.blobs['data'].data
-    fp_layer = qcaffe.layers  # noqa: F841  (pycaffe surface imported)
     w_eff = conv1[0].data * alpha[0].data[:, None, None, None]
     ref = _conv_same(x, w_eff) + conv1[1].data[None, :, None, None]
     got = _conv_same(x, conv1[0].data) + conv1[1].data[None, :, None, None]
@@ -339,7 +338,8 @@ def test_missing_inputs(model, tmp_path, capsys):
 
 # ------------------------------------------------------------------- other net shapes
 DEPLOY = """name: "DW"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
+layer { name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 1 dim: 3 dim: 6 dim: 6 } } }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
   convolution_param { num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
 layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }

@@ -223,3 +223,21 @@ def test_step_stats_do_not_depend_on_the_batches(ref):
             stats.add(part)
         stats.update(search)
     assert search.trace == whole.trace and search.step == whole.step
+
+
+def test_power_quantization_next_to_powers_and_ties():
+    # values one ulp around 2^k and around the ties 1.5 * 2^k, where a float32 log2 could
+    # round across an integer: the nearest power of two (ties down) computed in float64
+    k = np.arange(-20, 12, dtype=np.float32)
+    centres = np.concatenate([np.float32(2) ** k, np.float32(1.5) * np.float32(2) ** k])
+    x = np.concatenate([centres, np.nextafter(centres, np.float32(0)),
+                        np.nextafter(centres, np.float32(np.inf))])
+    x = np.concatenate([x, -x])
+    for iw in range(4):
+        e = np.floor(np.log2(np.abs(x.astype(np.float64))))
+        nearest = np.where(np.abs(x) <= 1.5 * 2.0 ** e, 2.0 ** e, 2.0 ** (e + 1))
+        want = np.sign(x) * np.where(nearest < 2.0 ** iw, 0, np.minimum(nearest, 2.0 ** (iw + 6)))
+        np.testing.assert_array_equal(lf.power_quantization(x, iw, 4 - iw), want)
+    # inf (a row whose alpha fell to 0) takes the top level; 0 stays 0
+    np.testing.assert_array_equal(lf.power_quantization([np.inf, -np.inf, 0.0], 1, 3),
+                                  [128, -128, 0])

@@ -40,25 +40,26 @@ QTYPES = ('power', 'fixed')
 # ----------------------------------------------------------------- element-wise quantizers
 def power_quantization(b, integer_width, float_width):
     """utils.power_quantization (kernelwise=False): each value to the nearest power of two
-    (ties to the lower one), |values| <= 2^iw / 2 -> 0, values >= 2^(iw + 2^(k-1) - 2) -> that
-    maximum, sign kept (k = iw + fw).  NaN stays at the initial 1 (the original's behaviour)."""
+    (ties to the lower one), powers <= 2^iw / 2 -> 0, powers >= 2^(iw + 2^(k-1) - 2) -> that
+    maximum, sign kept (k = iw + fw; ±inf -> the maximum; NaN -> the original's initial 1).
+
+    The original takes ``lower = floor(log2 |b|)`` in float32 and compares |b| with
+    1.5 * 2^lower.  Here the exponent comes from ``frexp`` (|b| = m * 2^e, m in [0.5, 1):
+    2^(e-1) if m <= 0.75 else 2^e), which is the same for every value: where a float32 log2
+    rounds across an integer, |b| is next to that power of two and both forms pick it; the
+    ties at 1.5 * 2^k are far from it.  About five times faster (no log2, no float powers).
+    """
     b = np.asarray(b, dtype=np.float32)
-    w_abs = np.absolute(b)
-    exponents = np.power(2, integer_width + float_width - 1, dtype=np.float32) - 2
-    abs_min = np.power(2, integer_width, dtype=np.float32)
-    with np.errstate(over='ignore'):     # 8 bits: 2^(iw + 126) is inf in float32, as there
-        abs_max = np.power(2, integer_width + exponents, dtype=np.float32)
-    with np.errstate(divide='ignore', invalid='ignore'):
-        lower = np.floor(np.log2(w_abs, dtype=np.float32))   # log2(0) = -inf -> powers 0
-    power_lower = np.power(2, lower, dtype=np.float32)
-    power_upper = np.power(2, lower + 1, dtype=np.float32)
-    threshold = power_lower + power_upper
-    threshold /= 2
-    q = np.ones(b.shape, dtype=np.float32)
-    np.copyto(q, power_lower, where=w_abs <= threshold)
-    np.copyto(q, power_upper, where=w_abs > threshold)
-    q[q <= abs_min / 2] = 0
-    q[q >= abs_max] = abs_max
+    exponents = 2 ** (integer_width + float_width - 1) - 2
+    mantissa, e = np.frexp(np.absolute(b))
+    e -= mantissa <= np.float32(0.75)              # the nearest power: 2^e
+    top = integer_width + exponents
+    e[np.isinf(b)] = top
+    np.minimum(e, top, out=e)
+    with np.errstate(over='ignore'):             # 8 bits: 2^(iw + 126) is inf in float32,
+        q = np.ldexp(np.float32(1), e)           # as in the original
+    q[e < integer_width] = 0
+    q[np.isnan(b)] = 1 if integer_width == 0 else 0
     q[b < 0] *= -1
     return q
 
@@ -66,16 +67,17 @@ def power_quantization(b, integer_width, float_width):
 def fixed_point_quantization(b, integer_width, float_width):
     """utils.fixed_point_quantization: clamp to [-2^(iw-1), 2^(iw-1) - 2^-fw], then round to a
     multiple of 2^-fw with ties down (utils.rounding / binornd: floor, +1 step if the fraction
-    of a step is > 0.5)."""
+    of a step is > 0.5).  Every step is exact in float32 (scaling by powers of two)."""
     min_value = np.float32(-1 * (2 ** (integer_width - 1)))
     max_value = np.float32(2 ** (integer_width - 1) - 2 ** (-float_width))
-    q = np.array(b, dtype=np.float32)
-    q[q >= max_value] = max_value
-    q[q <= min_value] = min_value
+    q = np.clip(np.asarray(b, dtype=np.float32), min_value, max_value)
     power = np.float32(2 ** float_width)
-    floor = np.floor(q * power, dtype=np.float32) / power
-    frac = (q - floor) * power
-    return (frac > np.float32(0.5)).astype(np.float32) * (1 / power) + floor
+    q *= power
+    floor = np.floor(q)
+    q -= floor                                   # the fraction of a step
+    floor += q > np.float32(0.5)
+    floor /= power
+    return floor
 
 
 def weight_quantization(b, integer_width, float_width, qtype):
