@@ -166,11 +166,12 @@ def _line(*values):
     return ' '.join(str(v) for v in values)
 
 
-def fit_scale(w, qtype='power', bits=None):
+def fit_scale(w, qtype='power', bits=None, report=None):
     """utils.quantization_with_scale(W, alpha, qtype): per-output-channel alpha and Q with
     W ≈ alpha·Q, trying every integer width and keeping the first with the strictly smallest
     error (4(b)).  ``w``: weights with the output channels on axis 0 (conv (n, c, h, w), IP
-    (n, K)); ``bits``: 4 for power, 8 for fixed by default (the original's)."""
+    (n, K)); ``bits``: 4 for power, 8 for fixed by default (the original's); ``report``: called
+    with each of the original's lines as soon as it is known (big layers take a while)."""
     if qtype not in QTYPES:
         raise ValueError('label-free qtype must be one of %s, got %r' % (', '.join(QTYPES), qtype))
     bits = (4 if qtype == 'power' else 8) if bits is None else int(bits)
@@ -190,9 +191,13 @@ def fit_scale(w, qtype='power', bits=None):
         passes.append(n)
         results.append((q, alpha))
         lines.append(_width_line(qtype, iw, error, min_error, best=False))
+        if report is not None:
+            report(lines[-1])
     if best is None:          # every error NaN (cannot happen once zero rows are handled)
         best = 0
     lines.append(_width_line(qtype, widths[best], min_error, min_error, best=True))
+    if report is not None:
+        report(lines[-1])
     q, alpha = results[best]
     return ScaleFit(q.reshape(shape), alpha.reshape(-1), qtype, bits, widths[best], widths,
                     np.array(errors, dtype=np.float32), passes, zero_rows, lines)

@@ -330,9 +330,7 @@ class LabelFree(object):
         w = layer.blobs[0].cpu_data()
         transposed = (layer.type == 'InnerProduct' and
                       layer.layer_param.inner_product_param.transpose)
-        fit = fit_scale(w.T if transposed else w, qtype, bits)
-        for line in fit.lines:
-            log.info(line)
+        fit = fit_scale(w.T if transposed else w, qtype, bits, report=log.info)
         if len(fit.zero_rows):
             log.warning('Layer %r: output channel(s) %s have all-zero weights: kept at zero '
                         'with alpha 0', layer.name, ', '.join(map(str, fit.zero_rows)))
