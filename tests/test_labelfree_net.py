@@ -422,3 +422,18 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] + 0.5e6, peaks
+
+
+def test_shared_weights_are_refused(model, tmp_path):
+    root, net, weights, train = model
+    text = open(net).read().replace(
+        'layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"',
+        'layer { name: "ip1b" type: "InnerProduct" bottom: "ip1" top: "ip1b" param { name: "w" }\n'
+        '  inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }\n'
+        'layer { name: "ip1c" type: "InnerProduct" bottom: "ip1b" top: "ip1c" param { name: "w" }\n'
+        '  inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }\n'
+        'layer { name: "ip2" type: "InnerProduct" bottom: "ip1c" top: "ip2"')
+    (tmp_path / 'shared.prototxt').write_text(text)
+    with pytest.raises(LabelFreeError, match="layer 'ip1c' shares its weights with layer 'ip1b'"):
+        LabelFree(read_net_param(str(tmp_path / 'shared.prototxt')), weights, train,
+                  Options(bn_images=8, act_images=8))

@@ -31,7 +31,9 @@ Deviations from the original, as 4(g) recommends: the Scale layer also follows a
 DepthwiseConvolution and every other layer's blobs (PReLU slopes...) are copied; dropout runs
 as in the original (TRAIN) unless ``dropout=False``; images are the first N records with the
 TRAIN transform and a fixed seed; dead ReLUs get step 1; loops are capped; all-zero weight
-rows stay zero.  The Data layers of the output prototxt are the user's (the original points
+rows stay zero; a transposed InnerProduct gets one alpha per output (the original's per-row
+fit would give one per input and fail); "first and last" are counted in the TRAIN-phase net
+(the original counts the prototxt's layers of every phase).  The Data layers of the output prototxt are the user's (the original points
 them at its validation set with batch 50).
 """
 import collections
@@ -280,6 +282,13 @@ class LabelFree(object):
         if not self.quantized:
             raise LabelFreeError('%s: the TRAIN-phase net has no %s layer to quantize'
                                  % (source, '/'.join(QUANTIZED_TYPES)))
+        owners = dict(zip(self.net.param_layer_indices, self.net.param_owners))
+        for i in self.quantized:
+            if owners[(i, 0)] >= 0:     # alpha·Q written twice, the second from the first's Q
+                owner = self.net.layer_names[self.net.param_layer_indices[owners[(i, 0)]][0]]
+                raise LabelFreeError('%s: layer %r shares its weights with layer %r; label-free '
+                                     'compression fits each layer\'s own weights'
+                                     % (source, self.net.layer_names[i], owner))
         self.net.copy_from(weights)
         fed = self.data_lp.top[:2] if is_data else self.data_lp.top[:1]   # images [, labels]
         self.inputs = [self.net.blob_by_name(t) for t in fed]
