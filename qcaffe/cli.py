@@ -32,6 +32,8 @@ COMMANDS = {
                         'per-layer bits, distinct values and packed size of a compressed model'),
     'compress_export': ('qcaffe.compress.export',
                         'export integer codes + scales of compressed weights to .npz'),
+    'labelfree': ('qcaffe.tools.labelfree',
+                  'label-free compression: low-bit weights and activations from unlabeled images'),
 }
 
 

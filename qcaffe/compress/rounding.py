@@ -50,6 +50,15 @@ def round_away_scalar(v):
     return float(round_away(np.float64(v)))
 
 
+def dot64(a, b):
+    """``a · b`` of two flat float32 arrays accumulated in float64, without float64 copies on
+    the CPU (numpy's einsum casts element by element)."""
+    xp = get_array_module(a)
+    if xp is np:
+        return float(np.einsum('i,i->', a, b, dtype=np.float64, casting='safe'))
+    return float(a.astype(np.float64).dot(b.astype(np.float64)))
+
+
 def mean_std(x):
     """Population mean and standard deviation of a whole blob in float64.
 
@@ -61,12 +70,8 @@ def mean_std(x):
     n = v.size
     if n == 0:
         return 0.0, 0.0
-    if xp is np:   # float64 accumulation without a float64 copy of the blob
-        s1 = float(v.sum(dtype=np.float64))
-        s2 = float(np.einsum('i,i->', v, v, dtype=np.float64, casting='safe'))
-    else:
-        v64 = v.astype(np.float64)
-        s1, s2 = float(v64.sum()), float(v64.dot(v64))
+    s1 = float(v.sum(dtype=np.float64))
+    s2 = dot64(v, v)
     mu = s1 / n
     var = s2 / n - mu * mu
     return mu, float(np.sqrt(max(var, 0.0)))

@@ -19,6 +19,7 @@ seeded from ``backend.rng()`` when they start (Caffe: ``InternalThread`` seeds e
 import numpy as np
 
 from .. import backend
+from .lmdb_io import DataSourceError
 from ..io.errors import QcaffeError
 from ..proto import caffe_pb2
 
@@ -149,4 +150,31 @@ class DataTransformer(object):
             out -= (mv if len(mv) > 1 else np.repeat(mv, c))[None, :, None, None]
         if self.scale != 1:
             out *= self.scale
+        return out
+
+    def transform_items(self, raw, out=None, rng=None):
+        """Transform raw items (N, C, H, W) into float32 ``out``, allocated anew when it is
+        None or of another shape; returns it.
+
+        ``raw`` may be a list of items of different sizes: allowed when the transform crops
+        them all to one size (Caffe crops each datum into the batch); they are then
+        transformed one by one.
+        """
+        if isinstance(raw, list):
+            shapes = {tuple(self.infer_shape(a.shape)) for a in raw}
+            if len(shapes) != 1:
+                raise DataSourceError('Layer %r: items of one batch differ in size %s; make '
+                                      'them equal (resize when converting), crop them with '
+                                      'transform_param.crop_size, or use batch_size 1'
+                                      % (self.layer_name, sorted({a.shape for a in raw})))
+            shape = (len(raw),) + shapes.pop()
+        else:
+            shape = (raw.shape[0],) + tuple(self.infer_shape(raw.shape[1:]))
+        if out is None or out.shape != shape:
+            out = np.empty(shape, np.float32)
+        if isinstance(raw, list):
+            for i, item in enumerate(raw):  # rare ragged case: one gather per item
+                self.transform(item[None], out=out[i:i + 1], rng=rng)
+        else:
+            self.transform(raw, out=out, rng=rng)
         return out

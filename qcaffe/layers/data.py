@@ -467,29 +467,9 @@ class BasePrefetchingDataLayer(Layer):
         batch['next_state'] = (self.source_state(), rng.get_state())
 
     def transform_into(self, batch, raw, rng):
-        """Transform raw items (N, C, H, W) into ``batch['data']`` (reshaped when needed).
-
-        ``raw`` may be a list of items of different sizes: allowed when the transform crops
-        them all to one size (Caffe crops each datum into the batch); they are then
-        transformed one by one.
-        """
-        if isinstance(raw, list):
-            shapes = {tuple(self.transformer.infer_shape(a.shape)) for a in raw}
-            if len(shapes) != 1:
-                raise DataSourceError('Layer %r: items of one batch differ in size %s; make '
-                                      'them equal (resize when converting), crop them with '
-                                      'transform_param.crop_size, or use batch_size 1'
-                                      % (self.name, sorted({a.shape for a in raw})))
-            shape = (len(raw),) + shapes.pop()
-        else:
-            shape = (raw.shape[0],) + tuple(self.transformer.infer_shape(raw.shape[1:]))
-        if batch['data'].shape != shape:
-            batch['data'] = np.empty(shape, np.float32)
-        if isinstance(raw, list):
-            for i, item in enumerate(raw):  # rare ragged case: one gather per item
-                self.transformer.transform(item[None], out=batch['data'][i:i + 1], rng=rng)
-        else:
-            self.transformer.transform(raw, out=batch['data'], rng=rng)
+        """Transform raw items into ``batch['data']`` (reshaped when needed); see
+        :meth:`DataTransformer.transform_items`."""
+        batch['data'] = self.transformer.transform_items(raw, batch['data'], rng)
 
     def reshape(self, bottom, top):
         pass  # the tops take each batch's shape in forward (Caffe: Forward_cpu reshapes)

@@ -111,14 +111,17 @@ class BatchNormLayer(Layer):
         mean = channel_sum(x) / np.float32(max(m, 1))
         centered = x - mean[None, :, None]
         var = channel_sum(centered, centered) / np.float32(max(m, 1))  # biased, as Caffe
-        self._update_running_stats(mean, var, m)
+        self.update_running_stats(mean, var, m)
         self.std = xp.sqrt(var + np.float32(self.eps))
         xp.multiply(centered, (1 / self.std)[None, :, None], out=y)
         # Caffe's x_norm_: in place, later in-place layers (Scale, ReLU) overwrite the top
         self.x_norm = centered
         self.x_norm[...] = y
 
-    def _update_running_stats(self, mean, var, m):
+    def update_running_stats(self, mean, var, m):
+        """Fold a batch's mean and biased variance over ``m`` values into blobs 0-2, as the
+        batch-statistics forward does (label-free BN re-normalisation calls it with statistics
+        gathered over many batches)."""
         maf = np.float32(self.moving_average_fraction)
         b0, b1, b2 = (b.mutable_dev_data for b in self.blobs[:3])
         b2 *= maf
