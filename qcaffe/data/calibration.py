@@ -41,7 +41,9 @@ class CalibrationImages(object):
             raise DataSourceError('%s: the LMDB %r holds %d records, fewer than the %d asked '
                                   'for' % (what, path, entries, self.count))
         self.transformer = DataTransformer(transform_param, phase, layer_name)
-        raw, _ = decode_datums([self.reader.peek()], *self.force, layer=layer_name, ragged=True)
+        index, key, value = self.reader.peek()
+        raw, _ = decode_datums([value], *self.force, layer=layer_name, ragged=True,
+                               where=self.reader.describe(index, [key]))
         first = raw[0].shape if isinstance(raw, list) else raw.shape[1:]
         self.item_shape = tuple(self.transformer.infer_shape(first))
 
@@ -54,8 +56,9 @@ class CalibrationImages(object):
         self.reader.seek(0)
         for index, start in enumerate(range(0, self.count, self.batch_size)):
             n = min(self.batch_size, self.count - start)
-            raw, labels = decode_datums(self.reader.next_values(n), *self.force,
-                                        layer=self.layer_name, ragged=True)
+            first, keys, values = self.reader.next_records(n)
+            raw, labels = decode_datums(values, *self.force, layer=self.layer_name,
+                                        ragged=True, where=self.reader.describe(first, keys))
             rng = np.random.RandomState(_seed(self.seed, index, 0))
             data = self.transformer.transform_items(raw, rng=rng)
             yield index, data, labels.astype(np.float32)
