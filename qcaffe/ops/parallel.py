@@ -65,7 +65,7 @@ def chunks(n, elements, xp=np):
 
 # ---------------------------------------------------------------------------- BLAS threads
 _blas = {'libs': None, 'depth': 0, 'saved': []}
-_blas_lock = threading.Lock()
+_blas_lock = threading.RLock()   # re-entrant: a finalizer run by the GC inside may enter too
 
 
 def _blas_libs():
