@@ -544,16 +544,19 @@ class Net(object):
 
         ``param`` should already be upgraded (``qcaffe.io.upgrade_net_as_needed``).
         """
+        from .compress.state import layer_compress_params
         from .io.weights import weights_from_net_param
-        self._copy_weights(weights_from_net_param(param, source), source, hdf5=False)
+        self._copy_weights(weights_from_net_param(param, source), source, hdf5=False,
+                           compress=layer_compress_params(param))
 
     def copy_from(self, path):
         """Caffe: ``CopyTrainedLayersFrom(file)``: HDF5 (detected by its signature, like
         ``H5Fis_hdf5``) or binary NetParameter of any version (upgraded)."""
         from .io.files import display_path, file_is_hdf5
-        from .io.weights import load_weights_file
-        self._copy_weights(load_weights_file(path), display_path(path),
-                           hdf5=file_is_hdf5(path))
+        from .io.weights import read_weights_file
+        entries, compress = read_weights_file(path)
+        self._copy_weights(entries, display_path(path), hdf5=file_is_hdf5(path),
+                           compress=compress)
 
     def copy_trained_layers_from_hdf5(self, path):
         """Caffe: ``CopyTrainedLayersFromHDF5`` (caffe.md 3.8)."""
@@ -561,8 +564,11 @@ class Net(object):
         from .io.weights import load_weights_file
         self._copy_weights(load_weights_file(path), display_path(path), hdf5=True)
 
-    def _copy_weights(self, entries, source, hdf5):
+    def _copy_weights(self, entries, source, hdf5, compress=None):
         """Copy ``[(layer name, type, [WeightBlob or None])]`` into same-named layers.
+
+        ``compress``: the compression settings the file's layers were saved with (uL2Q),
+        handed to each layer's compression to compare with the prototxt's.
 
         Binary files must give exactly the layer's blob count (Caffe's CopyTrainedLayersFrom);
         HDF5 files may omit a blob that is shared from another layer, as Caffe's
@@ -604,6 +610,7 @@ class Net(object):
                 if wb.diff is not None:
                     target.diff[...] = wb.diff.reshape(target.shape)
                 load_weight_blob_extras(target, wb)   # uL2Q quantize/alpha/... (BlobProto 10-17)
+            layer.compression.take_file_params((compress or {}).get(name), source)
             layer.after_weights_loaded()
 
     def share_trained_layers_with(self, other):

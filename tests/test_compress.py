@@ -1,14 +1,18 @@
 """μL2Q / Quantization-caffe compression (compression.md section 1): quantizers against
 hand-computed values and edge cases, hooks (fake quantization, STE gradients, activations),
 save -> load -> identical outputs, integer export, report, NetSpec keywords."""
+import logging
+
 import numpy as np
 import pytest
 
 from qcaffe.blob import Blob
+from qcaffe.compress import export
 from qcaffe.compress import quantizers as Q
 from qcaffe.compress.export import ExportError, integer_codes
 from qcaffe.compress.rounding import floor_half_up, mean_std, round_away
 from qcaffe.layers.base import LayerError
+from qcaffe.proto import caffe_pb2
 from qcaffe.testing import make_layer
 
 F = np.float32
@@ -33,10 +37,16 @@ def test_round_away_ties_and_float32_edge():
     assert round_away(x).dtype == F
 
 
-def test_mean_std_float64_never_nan():
+def test_mean_std_is_the_forks_float32_mean_and_never_nan():
     x = np.full(1000, 0.1, F)          # E[x²] − μ² is slightly negative in float32
     mu, sigma = mean_std(x)
-    assert 0.0 <= sigma < 1e-7 and abs(mu - 0.1) < 1e-7
+    assert 0.0 <= sigma < 1e-7
+    total = F(0)
+    for v in x:                        # QC caffe_cpu_meanstd: float total; total += X[i]
+        total = F(total + v)
+    assert mu == float(total / F(x.size)) and abs(mu - 0.1) < 2e-6
+    w = np.random.RandomState(0).randn(3000).astype(F) * F(0.05)
+    assert mean_std(w)[1] == pytest.approx(float(w.astype(np.float64).std()), rel=1e-6)
 
 
 # ------------------------------------------------------------------------ ULQ
@@ -133,7 +143,7 @@ def test_quantize_hand_computed():
     q, st = run(Q.quantize, [0.9, -0.5, 0.1, -0.05, 0.0625, -0.0625], 4)
     # max 0.9: fp = floor(log2 .9) − 2 = −3, step 1/8; 0.0625/0.125 = 0.5 ties away
     np.testing.assert_array_equal(q, np.array([7, -4, 1, 0, 1, -1]) / 8.0)
-    assert st.fixedpos == -3 and st.alpha == 0.125
+    assert st.fixedpos == -3 and st.alpha == 0 and st.delta == 0   # QC leaves alpha, delta
 
 
 def test_quantize_saturates_and_edge_cases():
@@ -146,27 +156,44 @@ def test_quantize_saturates_and_edge_cases():
 
 
 # ----------------------------------------------------------------------- Clip
-def test_clip_hand_computed():
-    q, st = run(Q.clip, [-2.0, 1.0, 0.5, 0.25], 3)
+def test_clip_is_8_bit_whatever_maxbits_says():
+    """QC's Clip always uses 127 levels per sign (compression.md 0.9); maxbits is stored."""
+    x = [-2.0, 1.0, 0.5, 0.25]
+    for k in (1, 2, 3, 8):
+        q, st = run(Q.clip, x, k)
+        # s = 127/2; x·s = [-127, 63.5, 31.75, 15.875] -> [-127, 64, 32, 16]; alpha = 2/127
+        np.testing.assert_allclose(q, np.array([-127, 64, 32, 16]) * (2 / 127.0), rtol=1e-6)
+        assert st.alpha == pytest.approx(2 / 127.0) and st.maxbits == k
+
+
+def test_clip_to_maxbits_opt_in_hand_computed():
+    q, st = run(lambda x, k, out: Q.clip(x, k, out, to_maxbits=True), [-2.0, 1.0, 0.5, 0.25], 3)
     # s = 3/2; x·s = [-3, 1.5, .75, .375] -> [-3, 2, 1, 0]; alpha = 2/3
     np.testing.assert_allclose(q, np.array([-3, 2, 1, 0]) * (2 / 3.0), rtol=1e-6)
-    assert st.alpha == pytest.approx(2 / 3.0)
+    assert st.alpha == pytest.approx(2 / 3.0) and st.maxbits == 3
 
 
 def test_clip_zero_and_one_bit():
-    for k in (8, 1):
-        q, st = run(Q.clip, np.zeros(3) if k == 8 else [1.0, -2.0], k)
-        assert (q == 0).all() and st.alpha == 0
+    q, st = run(Q.clip, np.zeros(3), 8)
+    assert (q == 0).all() and st.alpha == 0
+    out = np.empty(2, F)
+    st = Q.clip(np.array([1.0, -2.0], F), 1, out, to_maxbits=True)    # 1 bit: 0 levels
+    assert (out == 0).all() and st.alpha == 0
 
 
-@pytest.mark.parametrize('method', ['Ternary', 'Ternary_Quantize', 'Quantize', 'Clip', 'ULQ'])
+@pytest.mark.parametrize('method,exact_clip', [(m, False) for m in Q.WEIGHT_METHODS]
+                         + [('Clip', True)])      # Clip with qcaffe's clip_to_maxbits
 @pytest.mark.parametrize('k', range(1, 9))
-def test_every_method_and_width_gives_exact_codes(method, k):
+def test_every_method_and_width_gives_exact_codes(method, exact_clip, k):
     w = np.random.RandomState(10 * k).randn(3000).astype(F) * 0.1
-    q, st = run(Q.METHODS[method].fn, w, k)
+    param = caffe_pb2.CompressParameter(maxbits=k, clip_to_maxbits=exact_clip)
+    q = np.empty_like(w)
+    st = Q.apply(method, w, param, q)
     assert np.isfinite(q).all()
-    codes, scale, offset = integer_codes(method, q, st)
-    lo, hi = Q.METHODS[method].code_range(k)
+    bits = Q.grid_bits(method, param)
+    assert bits == (8 if method == 'Clip' and not exact_clip else k)
+    codes, scale, offset = integer_codes(method, q, st, bits=bits)
+    lo, hi = Q.METHODS[method].code_range(bits)
     assert lo <= codes.min() and codes.max() <= hi
     assert len(np.unique(q)) <= hi - lo + 1
     np.testing.assert_allclose(codes * scale + offset, q, atol=1e-6)
@@ -250,19 +277,44 @@ def test_missing_param_entry_defaults_to_8_bits():
     assert len(np.unique(comp.blobs[0].quantize)) > 4
 
 
-def test_activation_clip_in_place_with_straight_through_gradient():
+@pytest.fixture
+def warnings_of_qcaffe():
+    """Messages the 'qcaffe' logger emits (its glog handler may stop propagation to caplog)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger('qcaffe')
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize('exact', [False, True])
+def test_activation_clip_in_place_with_straight_through_gradient(exact, warnings_of_qcaffe):
+    param = {'maxbits': 3, 'clip_to_maxbits': True} if exact else {'maxbits': 3}
     x, comp, plain, tc, tp = setup_pair(activations_compress=['Clip'],
-                                        activations_compress_param=[{'maxbits': 3}])
+                                        activations_compress_param=[param])
+    warned = [m for m in warnings_of_qcaffe if 'Clip' in m]
+    if exact:
+        assert not warned
+    else:   # one warning for the layer, saying what happens and how to get k bits
+        assert len(warned) == 1 and "Layer ip" in warned[0]
+        assert 'activations_compress_param[0] maxbits 3' in warned[0]
+        assert '8 bits' in warned[0] and 'clip_to_maxbits: true' in warned[0]
     for b, c in zip(plain.blobs, comp.blobs):
         b.data[...] = c.data
     comp.forward([x], [tc])
     plain.forward([x], [tp])
-    ref, st = run(Q.clip, tp.data, 3)
-    np.testing.assert_allclose(tc.data, ref, rtol=1e-6)
-    assert len(np.unique(tc.data)) <= 7
-    assert comp.activations_compress_param[0].alpha == pytest.approx(st.alpha)
-    codes = integer_codes('Clip', tc.data, st)[0]      # Clip integer = activation / alpha
-    assert np.abs(codes).max() == 3
+    out = np.empty_like(tp.data)
+    st = Q.clip(tp.data, 3, out, to_maxbits=exact)
+    np.testing.assert_array_equal(tc.data, out)
+    levels = 3 if exact else 127
+    assert len(np.unique(tc.data)) <= 2 * levels + 1
+    p = comp.activations_compress_param[0]
+    assert p.alpha == pytest.approx(st.alpha) and p.maxbits == 3   # stored as given
+    assert p.clip_to_maxbits == exact
+    codes = export.activation_codes(comp, 0, tc.data)[0]   # Clip integer = activation / alpha
+    assert np.abs(codes).max() == levels
     g = np.ones(tc.shape, F)
     tc.diff[...] = g
     tp.diff[...] = g
@@ -270,6 +322,22 @@ def test_activation_clip_in_place_with_straight_through_gradient():
     dx = x.diff.copy()
     plain.backward([tp], [True], [x])
     np.testing.assert_allclose(dx, x.diff, rtol=1e-6)
+
+
+def test_clip_warning_once_per_layer_and_not_for_8_bits(warnings_of_qcaffe):
+    ip_layer(weights_compress=['Clip', 'Clip'],
+             weights_compress_param=[{'maxbits': 2}, {'maxbits': 4}],
+             activations_compress=['Clip'], activations_compress_param=[{'maxbits': 2}])
+    warned = [m for m in warnings_of_qcaffe if 'Clip' in m]
+    assert len(warned) == 1
+    for entry in ('weights_compress_param[0] maxbits 2', 'weights_compress_param[1] maxbits 4',
+                  'activations_compress_param[0] maxbits 2'):
+        assert entry in warned[0]
+    del warnings_of_qcaffe[:]
+    ip_layer(weights_compress=['Clip', 'ULQ'],
+             weights_compress_param=[{'maxbits': 8}, {'maxbits': 2}],
+             activations_compress=['Clip'])          # 8 bits, 0 = 8, ULQ: nothing to say
+    assert not [m for m in warnings_of_qcaffe if 'Clip' in m]
 
 
 def test_activation_ulq_rejected_with_choices():

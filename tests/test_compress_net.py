@@ -294,3 +294,89 @@ def test_example_prototxts_match_the_netspec_script(tmp_path):
         parse_prototxt_text(open(solver_path).read(), s)
         assert (s.max_iter, s.lr_policy) == (15620, 'inv')
         assert (s.base_lr, s.momentum, s.weight_decay) == pytest.approx((0.01, 0.9, 5e-4))
+
+
+# ------------------------------------------------ loading rules (compression.md 0.10)
+@pytest.fixture
+def qlog():
+    """Messages of the 'qcaffe' logger (its glog handler may stop propagation to caplog)."""
+    import logging
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger('qcaffe')
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+def test_loading_takes_the_files_params_when_settings_agree(trained, qlog):
+    net, path, x, out = trained
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    f_ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
+    net2 = make_net(caffe_pb2.TEST)
+    net2.copy_from(path)
+    ip1 = net2.layers[net2.layer_names.index('ip1')]
+    for mine, theirs in ((ip1.weights_compress_param, f_ip1.weights_compress_param),
+                         (ip1.activations_compress_param, f_ip1.activations_compress_param)):
+        for p, f in zip(mine, theirs):     # before any forward: the file's values
+            assert (p.alpha, p.delta, p.fixedpos, p.maxbits) == (f.alpha, f.delta, f.fixedpos,
+                                                                 f.maxbits)
+    assert ip1.activations_compress_param[0].alpha > 0
+    assert not [m for m in qlog if 'weights file' in m]
+    np.testing.assert_array_equal(forward(net2, x), out)
+
+
+@pytest.mark.parametrize('comp1,what', [
+    (COMP1.replace('weights_compress_param { maxbits: 2 }', 'weights_compress_param { maxbits: 4 }'),
+     ('blob 0', 'ULQ maxbits 2', 'ULQ maxbits 4')),
+    (COMP1.replace('weights_compress: "ULQ"', 'weights_compress: "Quantize"'),
+     ('blob 0', 'ULQ maxbits 2', 'Quantize maxbits 2')),
+], ids=['maxbits', 'method'])
+def test_prototxt_setting_wins_over_the_files_with_a_warning(trained, qlog, comp1, what):
+    from qcaffe.compress.quantizers import METHODS
+    net, path, x, _ = trained
+    net2 = make_net(caffe_pb2.TEST, comp1=comp1)
+    net2.copy_from(path)
+    warned = [m for m in qlog if 'weights file' in m]
+    assert len(warned) == 1
+    for part in ('Layer ip1',) + what + (path,):
+        assert part in warned[0]
+    forward(net2, x)
+    ip1 = net2.layers[net2.layer_names.index('ip1')]
+    p0 = ip1.weights_compress_param[0]
+    method, k = ip1.weights_compress[0], p0.maxbits
+    assert (method, k) != ('ULQ', 2) and p0.maxbits == (4 if method == 'ULQ' else 2)
+    expect = np.empty_like(ip1.blobs[0].data)
+    METHODS[method].fn(ip1.blobs[0].data, k, expect)    # quantized afresh, prototxt's setting
+    np.testing.assert_array_equal(ip1.blobs[0].quantize, expect)
+    saved = caffe_pb2.NetParameter()       # the file's array of the agreeing blob 1 is used
+    saved.ParseFromString(open(path, 'rb').read())
+    f_ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
+    np.testing.assert_array_equal(ip1.blobs[1].quantize.ravel(), f_ip1.blobs[1].quantize)
+
+
+def test_activation_setting_and_clip_opt_in_compared_and_saved(tmp_path, qlog):
+    exact = COMP1.replace('activations_compress_param { maxbits: 8 }',
+                          'activations_compress_param { maxbits: 2 clip_to_maxbits: true }')
+    net = make_net(caffe_pb2.TRAIN, comp1=exact)
+    forward(net, np.random.RandomState(0).randn(3, 8).astype(np.float32))
+    ip1 = net.layers[net.layer_names.index('ip1')]
+    assert len(np.unique(net.blob_by_name('ip1').data)) <= 3      # a true 2-bit Clip
+    path = str(tmp_path / 'exact.caffemodel')
+    net.save(path)
+    saved = caffe_pb2.NetParameter()
+    saved.ParseFromString(open(path, 'rb').read())
+    f_ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
+    assert f_ip1.activations_compress_param[0].clip_to_maxbits     # saved with the model
+    assert f_ip1.activations_compress_param[0].maxbits == 2
+    del qlog[:]
+    net2 = make_net(caffe_pb2.TEST)          # the prototxt's Clip: QC's, maxbits 8
+    net2.copy_from(path)
+    warned = [m for m in qlog if 'weights file' in m]
+    assert len(warned) == 1 and 'Layer ip1 top 0' in warned[0]
+    assert 'Clip maxbits 2 clip_to_maxbits' in warned[0] and 'Clip maxbits 8' in warned[0]
+    p = net2.layers[net2.layer_names.index('ip1')].activations_compress_param[0]
+    assert p.maxbits == 8 and not p.clip_to_maxbits and p.alpha == 0   # the file's not taken
+    assert ip1.activations_compress_param[0].alpha > 0

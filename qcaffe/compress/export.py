@@ -7,7 +7,8 @@ integers back (QC demo.py ``parse_data``), applied here and checked to be exact:
 * ``Ternary`` / ``Ternary_Quantize``: t = quantize/alpha ∈ {−1, 0, 1}
   (integer α of Ternary_Quantize = alpha/2^fixedpos);
 * ``Quantize``: q = quantize/2^fixedpos, q ∈ ±(2^(k−1) − 1);
-* ``Clip``: q = value/alpha, q ∈ ±(2^(k−1) − 1) (weights, and activations of a forward).
+* ``Clip``: q = value/alpha, q ∈ ±127 (QC's Clip is 8-bit whatever ``maxbits`` says; with
+  qcaffe's ``clip_to_maxbits`` ±(2^(k−1) − 1)) (weights, and activations of a forward).
 
 Every code array comes with ``scale`` and ``offset`` such that ``value = codes·scale +
 offset`` reproduces the float32 ``quantize`` buffer.  The entries are read either from a live
@@ -24,7 +25,8 @@ import numpy as np
 
 from ..backend import to_host
 from ..io.errors import QcaffeError
-from .quantizers import METHODS, WEIGHT_METHODS, QuantState, effective_maxbits
+from .quantizers import (METHODS, QC_CLIP_BITS, WEIGHT_METHODS, QuantState, apply, grid_bits,
+                         setting)
 from .rounding import round_away
 
 
@@ -33,8 +35,9 @@ class ExportError(QcaffeError):
 
 
 CompressedBlob = collections.namedtuple(
-    'CompressedBlob', 'layer layer_type index method maxbits data quantize state source')
-CompressedBlob.__doc__ = ("One compressed parameter blob: FP ``data`` and dequantized "
+    'CompressedBlob', 'layer layer_type index method maxbits bits data quantize state source')
+CompressedBlob.__doc__ = ("One compressed parameter blob: ``maxbits`` as set, ``bits`` of the "
+                          "grid really used (8 for QC's Clip), FP ``data`` and dequantized "
                           "``quantize`` (host float32 arrays), its QuantState and where the "
                           "quantize array came from ('file', 'net' or 'computed').")
 
@@ -51,7 +54,8 @@ def from_net(net):
         for i, method in enumerate(methods):
             blob = layer.blobs[i]
             st = blob.compress_state
-            out.append(CompressedBlob(name, layer.type, i, method, st.maxbits,
+            bits = grid_bits(method, layer.weights_compress_param[i])
+            out.append(CompressedBlob(name, layer.type, i, method, st.maxbits, bits,
                                       to_host(blob.dev_data).copy(),
                                       to_host(blob.dev_quantize).copy(), st, 'net'))
     return out
@@ -62,17 +66,17 @@ def from_files(weights, model=None):
     else from the layer parameters saved in the caffemodel itself (QC saves them)."""
     from ..io import read_net_param
     from .state import read_proto_extras
+    from ..proto import caffe_pb2
     wparam = read_net_param(weights)
     settings = {}
     for lp in (read_net_param(model).layer if model else wparam.layer):
         if len(lp.weights_compress):
-            settings[lp.name] = (list(lp.weights_compress),
-                                 [effective_maxbits(p.maxbits) for p in lp.weights_compress_param])
+            settings[lp.name] = (list(lp.weights_compress), list(lp.weights_compress_param))
     out = []
     for lp in wparam.layer:
         if lp.name not in settings:
             continue
-        methods, bits = settings[lp.name]
+        methods, params = settings[lp.name]
         if len(methods) > len(lp.blobs):
             raise ExportError('Layer %r: weights_compress has %d entries but %s stores %d blob(s)'
                               % (lp.name, len(methods), weights, len(lp.blobs)))
@@ -80,22 +84,28 @@ def from_files(weights, model=None):
             if method not in WEIGHT_METHODS:
                 raise ExportError('Layer %r: weights_compress[%d] is %r. Valid choices: %s'
                                   % (lp.name, i, method, ', '.join(WEIGHT_METHODS)))
-            k = bits[i] if i < len(bits) else 8
+            param = params[i] if i < len(params) else caffe_pb2.CompressParameter()
+            k, bits = setting(method, param)[1], grid_bits(method, param)
             bp = lp.blobs[i]
             shape = tuple(bp.shape.dim) if bp.HasField('shape') else (
                 bp.num, bp.channels, bp.height, bp.width)
             data = np.asarray(bp.double_data or bp.data, dtype=np.float32).reshape(shape)
             quantize, state = read_proto_extras(bp)
-            if quantize is not None and state is not None and state.maxbits == k:
-                out.append(CompressedBlob(lp.name, lp.type, i, method, k, data,
+            saved_with = None         # the setting the file's quantize array was made with
+            if i < len(lp.weights_compress) and state is not None:
+                f_param = (lp.weights_compress_param[i] if i < len(lp.weights_compress_param)
+                           else caffe_pb2.CompressParameter(maxbits=state.maxbits))
+                saved_with = setting(lp.weights_compress[i], f_param)
+            if quantize is not None and saved_with == setting(method, param):
+                out.append(CompressedBlob(lp.name, lp.type, i, method, k, bits, data,
                                           quantize.reshape(shape), state, 'file'))
                 continue
             q = np.empty_like(data)
-            state = METHODS[method].fn(data, k, q)
+            state = apply(method, data, param, q)
             if state is None:
                 raise ExportError('Layer %r blob %d: %s with maxbits %d leaves the weights '
                                   'unquantized' % (lp.name, i, method, k))
-            out.append(CompressedBlob(lp.name, lp.type, i, method, k, data, q, state,
+            out.append(CompressedBlob(lp.name, lp.type, i, method, k, bits, data, q, state,
                                       'computed'))
     return out
 
@@ -108,14 +118,18 @@ def _int_dtype(lo, hi):
     return np.int64
 
 
-def integer_codes(method, values, state, what='blob'):
+def integer_codes(method, values, state, what='blob', bits=None):
     """``(codes, scale, offset)`` with ``values ≈ codes·scale + offset`` to float32 precision.
 
+    ``bits``: the width of the grid the values are on (default: ``state.maxbits``, and 8 for
+    ``Clip`` as in QC; pass :func:`~.quantizers.grid_bits` for ``clip_to_maxbits``).
     Raises :class:`ExportError` when ``values`` are not on the method's grid (e.g. a quantize
     array edited by hand) or a code falls outside the method's range.
     """
     m = METHODS[method]
     k = int(state.maxbits)
+    if bits is None:
+        bits = QC_CLIP_BITS if method == 'Clip' else k
     v = np.asarray(values, dtype=np.float64)
     st = QuantState(float(state.alpha), float(state.delta), int(state.fixedpos), k)
     if method == 'ULQ':
@@ -126,7 +140,7 @@ def integer_codes(method, values, state, what='blob'):
         scale, offset = st.alpha, 0.0
     codes_f = m.codes(v, st) if scale else np.zeros_like(v)
     codes = round_away(codes_f)
-    lo, hi = m.code_range(k)
+    lo, hi = m.code_range(bits)
     recon = codes * scale + offset
     tol = 8 * np.finfo(np.float32).eps * (float(np.abs(v).max(initial=0.0)) + abs(offset)
                                           + abs(scale))
@@ -148,9 +162,9 @@ def activation_codes(layer, top_index, values):
     if method not in ('Clip', 'Quantize'):
         raise ExportError('Layer %r top %d: integer export supports Clip and Quantize '
                           'activations, not %r' % (layer.name, top_index, method))
-    st = QuantState(p.alpha, p.delta, p.fixedpos, effective_maxbits(p.maxbits))
-    return integer_codes(method, to_host(values), st, 'layer %r top %d' % (layer.name,
-                                                                             top_index))
+    st = QuantState(p.alpha, p.delta, p.fixedpos, setting(method, p)[1])
+    return integer_codes(method, to_host(values), st, 'layer %r top %d' % (layer.name, top_index),
+                         grid_bits(method, p))
 
 
 def export_npz(entries, path):
@@ -160,7 +174,7 @@ def export_npz(entries, path):
     arrays = {}
     for e in entries:
         codes, scale, offset = integer_codes(e.method, e.quantize, e.state,
-                                             'layer %r blob %d' % (e.layer, e.index))
+                                             'layer %r blob %d' % (e.layer, e.index), e.bits)
         key = '%s/%d/' % (e.layer, e.index)
         arrays[key + 'codes'] = codes
         arrays[key + 'scale'] = np.float64(scale)
@@ -169,6 +183,7 @@ def export_npz(entries, path):
         arrays[key + 'delta'] = np.float64(e.state.delta)
         arrays[key + 'fixedpos'] = np.int32(e.state.fixedpos)
         arrays[key + 'maxbits'] = np.int32(e.state.maxbits)
+        arrays[key + 'bits'] = np.int32(e.bits)      # of the codes (QC's Clip: 8)
         arrays[key + 'method'] = np.str_(e.method)
         arrays[key + 'shape'] = np.asarray(e.quantize.shape, dtype=np.int64)
         if e.method == 'Ternary_Quantize':
@@ -206,7 +221,7 @@ def run(args):
                           % (args.weights, ' in ' + args.model if args.model else ''))
     export_npz(entries, args.output)
     for e in entries:
-        print('%s[%d] %s %d-bit %s -> codes %s' % (e.layer, e.index, e.method, e.maxbits,
+        print('%s[%d] %s %d-bit %s -> codes %s' % (e.layer, e.index, e.method, e.bits,
                                                   'x'.join(map(str, e.quantize.shape)),
                                                   e.source))
     print('wrote %s (%d blobs)' % (args.output, len(entries)))

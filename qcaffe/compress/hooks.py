@@ -23,6 +23,13 @@ the tops), ``Layer.weight(i)``, ``Layer.after_weights_loaded`` and ``Layer.to_pr
   ``Net.save`` stores them; pycaffe sees them as ``layer.weights_compress_param[i].alpha``…
 * a blob *without* a method that was loaded with a quantize array runs with the quantized
   values (QC ``FromProto(FPfirst=false)``): a plain prototxt runs a quantized caffemodel.
+* loading a compressed caffemodel (compression.md 0.10): the file's quantize arrays and
+  alpha/delta/fixedpos (weights and activations) are taken where the file's method and
+  ``maxbits`` agree with the prototxt's; where they differ the prototxt wins (the weights are
+  quantized afresh) and a warning names the layer, the blob and both values.  (QC instead
+  overwrites the prototxt's params, ``maxbits`` included.)
+* ``Clip`` is 8-bit whatever ``maxbits`` says, as in QC (0.9); a layer whose Clip asks for
+  another width says so once, and ``clip_to_maxbits: true`` (ours) makes it a true k-bit Clip.
 """
 import logging
 
@@ -30,8 +37,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..io.errors import LayerError
-from .quantizers import (ACTIVATION_FUNCS, ACTIVATION_METHODS, METHODS, WEIGHT_METHODS,
-                         QuantState, effective_maxbits)
+from ..proto import caffe_pb2
+from .quantizers import (ACTIVATION_METHODS, QC_CLIP_BITS, WEIGHT_METHODS, QuantState, apply,
+                         effective_maxbits, setting)
 
 log = logging.getLogger('qcaffe')
 
@@ -51,6 +59,7 @@ class CompressParam(object):
     delta = property(lambda self: self._msg.delta)
     fixedpos = property(lambda self: self._msg.fixedpos)
     maxbits = property(lambda self: self._msg.maxbits)
+    clip_to_maxbits = property(lambda self: self._msg.clip_to_maxbits)   # qcaffe's opt-in
 
     def set_maxbits(self, maxbits):
         """Bit width used from the next forward on."""
@@ -69,6 +78,25 @@ def _store_state(msg, state):
     msg.delta = state.delta
     msg.fixedpos = state.fixedpos
     msg.maxbits = state.maxbits
+
+
+def _describe(setting):
+    method, k, exact = setting
+    return '%s maxbits %d%s' % (method, k, ' clip_to_maxbits' if exact else '')
+
+
+def _warn_clip_maxbits(layer, entries):
+    """QC's Clip ignores maxbits (compression.md 0.9): say so once per layer."""
+    odd = ['%s[%d] maxbits %d' % (field, i, effective_maxbits(p.maxbits))
+           for field, methods, params in entries
+           for i, (m, p) in enumerate(zip(methods, params))
+           if m == 'Clip' and not p.clip_to_maxbits
+           and effective_maxbits(p.maxbits) != QC_CLIP_BITS]
+    if odd:
+        log.warning('Layer %s: Clip with %s quantizes to %d bits (127 levels per sign), as '
+                    "Quantization-caffe's Clip does whatever maxbits says; maxbits is kept and "
+                    'saved as given. For a true k-bit Clip set clip_to_maxbits: true in that '
+                    'compress param.', layer.name, ', '.join(odd), QC_CLIP_BITS)
 
 
 def _check_methods(layer, field, methods, valid):
@@ -118,6 +146,10 @@ class LayerCompression(object):
                                                       'weights_compress_param')
         layer.activations_compress_param = _ensure_params(lp, 'activations_compress',
                                                           'activations_compress_param')
+        self._file_disagrees = set()   # blob indices whose file quantize is for another setting
+        _warn_clip_maxbits(layer, (
+            ('weights_compress_param', self.weight_methods, lp.weights_compress_param),
+            ('activations_compress_param', self.act_methods, lp.activations_compress_param)))
 
     # --------------------------------------------------------------- weights
     def _check_blob_count(self):
@@ -140,29 +172,25 @@ class LayerCompression(object):
         for i, method in enumerate(self.weight_methods):
             blob = self.layer.blobs[i]
             msg = lp.weights_compress_param[i]
-            k = effective_maxbits(msg.maxbits)
-            if not train and self._use_loaded(i, blob, k):
+            if not train and self._use_loaded(i, blob):
                 _store_state(msg, blob.compress_state)
                 continue
             self._loaded.pop(i, None)
             out = blob.mutable_dev_quantize
             # quantize what the layer would otherwise compute with (masks of DNS/INQ
             # subclasses compose: Q(W ⊙ mask)); for plain layers that is blob i's data
-            state = METHODS[method].fn(self.layer.own_weight(i), k, out)
+            state = apply(method, self.layer.own_weight(i), msg, out)
             if state is None:          # ULQ with maxbits <= 0: the fork leaves the buffer
-                state = blob.compress_state or QuantState(0.0, 0.0, 0, k)
+                state = blob.compress_state or QuantState(0.0, 0.0, 0,
+                                                          effective_maxbits(msg.maxbits))
             blob.compress_state = state
             _store_state(msg, state)
         self._prepared = True
 
-    def _use_loaded(self, i, blob, k):
+    def _use_loaded(self, i, blob):
+        """TEST: the quantize array loaded with the weights, while they are unchanged."""
         ref = self._loaded.get(i)
         if ref is None or blob.compress_state is None:
-            return False
-        if blob.compress_state.maxbits != k:
-            log.warning('Layer %s blob %d: the stored quantize array has maxbits %d, the net '
-                        'asks for %d; recomputing', self.layer.name, i,
-                        blob.compress_state.maxbits, k)
             return False
         xp = get_array_module(blob.dev_data)
         return bool(xp.array_equal(blob.dev_data, ref))
@@ -183,25 +211,74 @@ class LayerCompression(object):
                                                          len(top)))
             msg = lp.activations_compress_param[i]
             data = top[i].mutable_dev_data
-            state = ACTIVATION_FUNCS[method](data, effective_maxbits(msg.maxbits), data)
-            _store_state(msg, state)
+            _store_state(msg, apply(method, data, msg, data, activations=True))
+
+    # ---------------------------------------------------------------- loading
+    def take_file_params(self, file_param, source):
+        """Compare with the compression a weights file was saved with (compression.md 0.10).
+
+        ``file_param``: the file's LayerParameter of this layer (None: the file stores none,
+        e.g. HDF5 or a plain Caffe model).  Where the file's method, maxbits and Clip opt-in
+        agree with the prototxt's, its alpha/delta/fixedpos are taken into this layer's
+        ``weights_compress_param`` / ``activations_compress_param`` (QC
+        CopyTrainedLayersFrom); where they differ the prototxt wins and a warning names the
+        layer, the blob or top and both values.  Called by the Net before
+        ``after_weights_loaded``.
+        """
+        self._file_disagrees = set()
+        if file_param is None:
+            return
+        lp = self.layer.layer_param
+        for what, methods, params, f_methods, f_params in (
+                ('blob', self.weight_methods, lp.weights_compress_param,
+                 file_param.weights_compress, file_param.weights_compress_param),
+                ('top', self.act_methods, lp.activations_compress_param,
+                 file_param.activations_compress, file_param.activations_compress_param)):
+            for i, method in enumerate(methods):
+                if i >= len(f_methods):
+                    continue               # saved without compression: nothing to take
+                f_msg = f_params[i] if i < len(f_params) else caffe_pb2.CompressParameter()
+                ours, theirs = setting(method, params[i]), setting(f_methods[i], f_msg)
+                if ours == theirs:
+                    params[i].alpha = f_msg.alpha
+                    params[i].delta = f_msg.delta
+                    params[i].fixedpos = f_msg.fixedpos
+                    continue
+                if what == 'blob':
+                    self._file_disagrees.add(i)
+                log.warning('Layer %s %s %d: the weights file %s was saved with %s, the '
+                            "prototxt asks for %s; the prototxt's setting is used%s",
+                            self.layer.name, what, i, source, _describe(theirs),
+                            _describe(ours), ' (weights quantized afresh)'
+                            if what == 'blob' else '')
 
     def after_weights_loaded(self):
         """Take over quantize arrays loaded with the weights (QC ``Blob::FromProto``)."""
+        lp = self.layer.layer_param
         for i, blob in enumerate(self.layer.blobs):
             if not blob.quantize_from_file:
                 self._loaded.pop(i, None)
                 continue
             blob.quantize_from_file = False
             if i < len(self.weight_methods):
+                self._loaded.pop(i, None)
+                st = blob.compress_state
+                k = effective_maxbits(lp.weights_compress_param[i].maxbits)
+                if i in self._file_disagrees:
+                    continue                 # take_file_params warned
+                if st is None or st.maxbits != k:
+                    log.warning('Layer %s blob %d: the stored quantize array has maxbits %s, '
+                                "the prototxt asks for %d; the prototxt's setting is used "
+                                '(weights quantized afresh)', self.layer.name, i,
+                                'unknown' if st is None else st.maxbits, k)
+                    continue
                 self._loaded[i] = blob.dev_data.copy()
-                if blob.compress_state is not None:
-                    _store_state(self.layer.layer_param.weights_compress_param[i],
-                                 blob.compress_state)
+                _store_state(lp.weights_compress_param[i], st)
             else:
                 # no method for this blob: run with the stored quantized values
                 blob.data[...] = blob.cpu_quantize()
                 blob.clear_quantize()
+        self._file_disagrees = set()
         self._prepared = False
 
 

@@ -20,8 +20,8 @@ import math
 import numpy as np
 
 from .. import backend
-from ..backend import get_array_module
-from .rounding import mean_std, round_away, round_away_scalar
+from ..backend import get_array_module, to_host
+from .rounding import mean_std, round_away, round_away_scalar, sequential_sum_f32
 
 # λ_k of the released code (index k-1); compression.md 1(b).1 -- not the paper's table.
 ULQ_LAMBDA = (1.5950161625215948, 0.99529008541347519, 0.5872211503939504,
@@ -29,6 +29,7 @@ ULQ_LAMBDA = (1.5950161625215948, 0.99529008541347519, 0.5872211503939504,
               0.057082736023857356, 0.030482181036739827)
 ULQ_EPS = 1e-7          # added to the step (UL/QC), keeps all-zero blobs finite
 TERNARY_DELTA_RATIO = 0.7
+QC_CLIP_BITS = 8        # QC's Clip: a local max_bits = 8 in Blob::clip_data, whatever maxbits says
 
 # Compatibility switches (compression.md 0.4 / 1(g)): QC semantics unless asked otherwise.
 OPTIONS = {
@@ -61,24 +62,29 @@ class QuantState(collections.namedtuple('QuantState', 'alpha delta fixedpos maxb
 def ulq_step(sigma, maxbits, large_k_compat=True):
     """The μL2Q step α for bit width ``maxbits`` and standard deviation ``sigma``.
 
-    k > 8: the fork computes λ = 6.2σ/(2^k−1) and then α = λσ (σ twice, 1(g).1); kept by
-    default for fidelity, ``large_k_compat=False`` gives the paper's α = 6.2σ/(2^k−1).
+    In the fork's float32 arithmetic (``Blob::ulq_weights``): λ_k as float32, λ_k·σ in
+    float32, + 1e-7 in double, stored as float32.  k > 8: the fork computes
+    λ = 6.2σ/(2^k−1) and then α = λσ (σ twice, 1(g).1); kept by default for fidelity,
+    ``large_k_compat=False`` gives the paper's α = 6.2σ/(2^k−1).
     """
     k = int(maxbits)
+    sigma = np.float32(sigma)
     if k <= len(ULQ_LAMBDA):
-        lam = ULQ_LAMBDA[k - 1]
+        lam = np.float32(ULQ_LAMBDA[k - 1])
     else:
-        lam = 2 * 3.1 * sigma / (2 ** k - 1)
+        lam = np.float32(2 * 3.1 * float(sigma) / (2.0 ** k - 1))
         if not large_k_compat:
-            return float(np.float32(lam + ULQ_EPS))
-    return float(np.float32(lam * sigma + ULQ_EPS))
+            return float(np.float32(float(lam) + ULQ_EPS))
+    return float(np.float32(float(lam * sigma) + ULQ_EPS))
 
 
 def ulq(x, maxbits, out=None, large_k_compat=None):
     """μL2Q (``ULQ``): 2^k levels β ± (j − ½)α, j = 1…2^(k−1), α = λ_k σ + 1e-7, β = μ.
 
     n = round_away(clip((w − β)/α + ½, 1 − 2^(k−1), 2^(k−1))), w_q = (n − ½)α + β.  As in
-    the fork the division is a multiplication by 1/α and the restore a division by 1/α.
+    the fork (``caffe_cpu_ulq``) the division is a float32 multiplication by 1/α and the
+    restore ``(n − ½)/(1/α) + β`` is computed in double and stored as float32, so the result
+    matches the fork's CPU build bit for bit when α does.
     k ≤ 0 leaves ``out`` untouched and returns None (the fork's early return).
     """
     k = int(maxbits)
@@ -92,15 +98,15 @@ def ulq(x, maxbits, out=None, large_k_compat=None):
     alpha = ulq_step(sigma, k, large_k_compat)
     beta = np.float32(mu)
     inv = np.float32(1.0) / np.float32(alpha)
-    half = np.float32(0.5)
     phi = xp.subtract(x, beta)
     phi *= inv
-    phi += half
+    phi += np.float32(0.5)
     xp.clip(phi, np.float32(1 - 2 ** (k - 1)), np.float32(2 ** (k - 1)), out=phi)
-    n = round_away(phi)
-    n -= half
-    n /= inv
-    xp.add(n, beta, out=out)
+    n = round_away(phi).astype(np.float64)
+    n -= 0.5
+    n /= np.float64(inv)
+    n += np.float64(beta)
+    out[...] = n
     return QuantState(alpha, float(beta), 0, k)
 
 
@@ -129,7 +135,8 @@ def _ternary(x, maxbits, out, fixed_point):
     t = xp.sign(x)
     t *= nz
     count = int(xp.count_nonzero(nz))
-    alpha = float(ax[nz].sum(dtype=np.float64)) / count if count else 0.0   # Σtw / Σt²
+    # α = Σtw / Σt², the sum in float32 and element order as the fork's caffe_cpu_ternary
+    alpha = float(sequential_sum_f32(to_host(ax[nz])) / np.float32(count)) if count else 0.0
     fixedpos = 0
     if fixed_point:
         alpha, fixedpos = _fixed_point_alpha(alpha, maxbits)
@@ -163,8 +170,8 @@ def fixed_point_position(m, maxbits):
 def quantize(x, maxbits, out=None):
     """``Quantize`` (QC, deterministic): q = round_away(x / 2^fp) saturated to ±(2^(k−1)−1).
 
-    The result q·2^fp is written; ``alpha`` is set to the step 2^fp (QC leaves it untouched;
-    storing the step makes "integer = value / alpha" hold for every method).
+    The result q·2^fp is written; the state carries ``fixedpos`` (integer = value / 2^fixedpos)
+    and, as in QC's ``quantize_data``, alpha = delta = 0.
     """
     xp = get_array_module(x)
     out = x if out is None else out
@@ -184,23 +191,34 @@ def quantize(x, maxbits, out=None):
         q = round_away(x / step)
     xp.clip(q, -lim, lim, out=q)
     xp.multiply(q, step, out=out)
-    return QuantState(float(step), 0.0, fp, k)
+    return QuantState(0.0, 0.0, fp, k)
 
 
-def clip(x, maxbits, out=None):
-    """``Clip`` (QC): s = (2^(k−1) − 1)/max|x|, result round_away(x·s)/s, α = 1/s.
+def clip_grid_bits(maxbits, to_maxbits=False):
+    """Bit width of the grid ``Clip`` really uses: Quantization-caffe's 8 whatever
+    ``maxbits`` says (compression.md 0.9), or ``maxbits`` with qcaffe's ``clip_to_maxbits``."""
+    return int(maxbits) if to_maxbits else QC_CLIP_BITS
 
-    max|x| = 0 (and k = 1, where s = 0) gives zeros and α = 0 instead of inf/NaN (1(g).9).
+
+def clip(x, maxbits, out=None, to_maxbits=False):
+    """``Clip`` (QC): s = 127/max|x|, result round_away(x·s)·α with α = 1/s (float32 as the
+    fork's ``caffe_cpu_quantizec`` + ``caffe_cpu_scale``).
+
+    Quantization-caffe's ``clip_data`` passes a local ``max_bits = 8`` to the kernel, so Clip
+    has 127 levels per sign whatever ``maxbits`` says; ``maxbits`` is only stored (and saved).
+    ``to_maxbits=True`` (qcaffe's ``clip_to_maxbits`` opt-in) uses s = (2^(k−1) − 1)/max|x|.
+    max|x| = 0 (and k = 1 with the opt-in, where s = 0) gives zeros and α = 0 instead of
+    inf/NaN (1(g).9).
     """
     xp = get_array_module(x)
     out = x if out is None else out
     k = int(maxbits)
     m = abs_max(x)
-    levels = 2 ** (k - 1) - 1
+    levels = 2 ** (clip_grid_bits(k, to_maxbits) - 1) - 1
     if m == 0 or levels == 0:
         out[...] = 0
         return QuantState(0.0, 0.0, 0, k)
-    s = np.float32(levels / m)
+    s = np.float32(levels) / np.float32(m)
     alpha = np.float32(1.0) / s
     xp.multiply(round_away(x * s), alpha, out=out)
     return QuantState(float(alpha), 0.0, 0, k)
@@ -236,6 +254,8 @@ def _quantize_range(k):
     return -lim, lim
 
 
+# code_range(g) and bits(g) take the bit width g of the grid the method really produces
+# (grid_bits: maxbits, except QC's Clip, which always uses 8)
 Method = collections.namedtuple('Method', 'name fn codes code_range bits')
 
 METHODS = {
@@ -261,3 +281,30 @@ ACTIVATION_METHODS = tuple(ACTIVATION_FUNCS)
 def effective_maxbits(maxbits):
     """``maxbits`` absent or 0 means 8 (QC)."""
     return 8 if not maxbits else int(maxbits)
+
+
+def setting(method, param):
+    """What decides the values ``method`` produces with a CompressParameter ``param``:
+    ``(method, maxbits with 0 = 8, clip_to_maxbits for Clip)``.  Two equal settings quantize
+    alike, so a stored quantize array of one serves the other (compression.md 0.10)."""
+    return (method, effective_maxbits(param.maxbits),
+            bool(param.clip_to_maxbits) if method == 'Clip' else False)
+
+
+def grid_bits(method, param):
+    """Bit width of the integer grid ``method`` produces with the settings of a
+    CompressParameter ``param``: its ``maxbits`` (0 = 8), except ``Clip``, which is 8-bit
+    unless ``clip_to_maxbits`` is set (QC, compression.md 0.9)."""
+    k = effective_maxbits(param.maxbits)
+    return clip_grid_bits(k, param.clip_to_maxbits) if method == 'Clip' else k
+
+
+def apply(method, x, param, out=None, activations=False):
+    """Quantize ``x`` with ``method`` and the settings of a CompressParameter ``param``
+    (weights: ``METHODS``; ``activations=True``: ``ACTIVATION_FUNCS``); see each function.
+    Returns the QuantState (``maxbits`` as the param gives it)."""
+    k = effective_maxbits(param.maxbits)
+    if method == 'Clip':
+        return clip(x, k, out, to_maxbits=param.clip_to_maxbits)
+    fn = ACTIVATION_FUNCS[method] if activations else METHODS[method].fn
+    return fn(x, k, out)

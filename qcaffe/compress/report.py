@@ -22,9 +22,10 @@ def rows_for(entries):
     packed_bytes, float_bytes, ratio, source."""
     rows = []
     for e in entries:
-        bits = METHODS[e.method].bits(int(e.state.maxbits))
+        bits = METHODS[e.method].bits(e.bits)
         count = int(e.quantize.size)
-        integer_codes(e.method, e.quantize, e.state, 'layer %r blob %d' % (e.layer, e.index))
+        integer_codes(e.method, e.quantize, e.state, 'layer %r blob %d' % (e.layer, e.index),
+                      e.bits)
         packed = (count * bits + 7) // 8 + 4 * _SCALARS[e.method]
         rows.append(dict(layer=e.layer, index=e.index, method=e.method, bits=bits,
                          shape=tuple(e.quantize.shape), count=count,

@@ -5,10 +5,11 @@ Caffe forks (uL2Q / Quantization-caffe, DNS/INQ) round half away from zero:
 ``round``/``rint`` round half to even, and ``floor(x + 0.5)`` done in float32 is wrong for
 0.49999997 (the sum rounds up to 1.0).  Splitting ``x`` into ``trunc(x)`` and its fraction is
 exact in binary floating point, so the functions below decide ties on the exact fraction.
+:func:`mean_std` gives the blob statistics of μL2Q in the fork's own float32 order.
 """
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_host
 
 
 def round_away(x):
@@ -59,11 +60,35 @@ def dot64(a, b):
     return float(a.astype(np.float64).dot(b.astype(np.float64)))
 
 
-def mean_std(x):
-    """Population mean and standard deviation of a whole blob in float64.
+def sequential_sum_f32(v, chunk=1 << 20):
+    """Left-to-right float32 sum of a 1-D host array, as a C loop ``float t = 0; t += x[i]``.
 
-    The forks use the single-pass ``sqrt(E[x^2] - E[x]^2)`` in float32, which can go negative
-    (NaN) for near-constant blobs; compression.md 1(g).8: float64 and a clamp at 0.
+    ``np.add.accumulate`` adds strictly in order (``sum`` is pairwise); chunks carry the
+    running total so the temporary stays small.
+    """
+    total = np.float32(0.0)
+    buf = np.empty(min(v.size, chunk) + 1, np.float32)
+    for start in range(0, v.size, chunk):
+        part = v[start:start + chunk]
+        m = part.size + 1
+        buf[0] = total
+        buf[1:m] = part
+        total = np.add.accumulate(buf[:m], out=buf[:m])[-1]
+    return np.float32(total)
+
+
+def mean_std(x):
+    """Mean and population standard deviation of a whole blob for μL2Q (QC
+    ``caffe_cpu_meanstd``), the mean as the fork computes it: a float32 sum in element order
+    divided by n.
+
+    That mean is saved as ULQ's ``delta`` and shifts every level, so it is the fork's to the
+    bit (a float64 mean differs by up to ~1e-5 relative on a 400,000-weight layer).  σ is
+    computed in float64 as sqrt(E[x²] − E[x]²) clamped at 0: the fork's float32 version
+    (BLAS ``sdot``, not reproducible in order) goes negative (NaN) or stays far from 0 for
+    near-constant blobs, compression.md 1(g).8; otherwise both agree to ~1 float32 ulp.
+    Returns float32 values as Python floats; arrays on the GPU are summed on the host for
+    the mean, so both backends agree.
     """
     xp = get_array_module(x)
     v = xp.asarray(x).ravel()
@@ -74,4 +99,5 @@ def mean_std(x):
     s2 = dot64(v, v)
     mu = s1 / n
     var = s2 / n - mu * mu
-    return mu, float(np.sqrt(max(var, 0.0)))
+    mean = sequential_sum_f32(np.asarray(to_host(v), dtype=np.float32)) / np.float32(n)
+    return float(mean), float(np.float32(np.sqrt(max(var, 0.0))))

@@ -1,4 +1,5 @@
-"""The per-blob compression fields of a .caffemodel (BlobProto 10–17) in and out of a Blob.
+"""The compression fields of a .caffemodel: per blob (BlobProto 10–17) in and out of a Blob,
+and per layer (LayerParameter 149–152, the settings a model was saved with).
 
 Caffe equivalent: Quantization-caffe ``Blob::ToProto(proto, write_diff, save_quantize)`` and
 ``Blob::FromProto(proto, reshape, FPfirst)`` (compression.md 1(d)).  A compressed blob
@@ -68,3 +69,23 @@ def write_proto_extras(blob, proto):
     proto.alpha = state.alpha
     proto.fixedpos = state.fixedpos
     proto.maxbits = state.maxbits
+
+
+_LAYER_FIELDS = ('weights_compress', 'weights_compress_param', 'activations_compress',
+                 'activations_compress_param')
+
+
+def layer_compress_params(net_param):
+    """``{layer name: LayerParameter with only its compression fields}`` of a NetParameter
+    read from a weights file, for the layers saved with any (QC saves the methods and the
+    learned params next to the blobs; compression.md 1(d)).  The net compares them with its
+    prototxt (``LayerCompression.take_file_params``)."""
+    from ..proto import caffe_pb2
+    out = {}
+    for lp in net_param.layer:
+        if len(lp.weights_compress) or len(lp.activations_compress):
+            kept = caffe_pb2.LayerParameter()
+            for field in _LAYER_FIELDS:
+                getattr(kept, field).extend(getattr(lp, field))
+            out[lp.name] = kept
+    return out

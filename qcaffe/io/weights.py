@@ -84,21 +84,30 @@ def weights_from_net_param(net_param, source=''):
     return out
 
 
+def read_weights_file(path):
+    """``(layers, compress)``: :func:`load_weights_file`'s list, and for a binary file the
+    compression settings its layers were saved with (``{layer name: LayerParameter}``, see
+    :func:`qcaffe.compress.state.layer_compress_params`; ``{}`` for HDF5, which stores none).
+
+    Caffe: Net::CopyTrainedLayersFrom (file side).
+    """
+    if file_is_hdf5(path):
+        return [(name, None, [None if a is None else WeightBlob(a.shape, False, a) for a in arrays])
+                for name, arrays in read_hdf5_weights(path)], {}
+    net_param = read_binary_proto(path, caffe_pb2.NetParameter())
+    if not len(net_param.layer) and not len(net_param.layers):
+        raise ModelFileError('%s is a NetParameter without any layer, so it holds no weights; '
+                             'expected a trained .caffemodel.' % display_path(path))
+    upgrade_net_as_needed(net_param, str(path))
+    from ..compress.state import layer_compress_params
+    return weights_from_net_param(net_param, str(path)), layer_compress_params(net_param)
+
+
 def load_weights_file(path):
     """Read trained weights: ``[(layer_name, layer_type or None, [WeightBlob or None, ...])]``.
 
     Binary .caffemodel (any version, upgraded) or HDF5 .caffemodel.h5 (detected from the
     content, not the name). HDF5 layers have type None and may contain None for a shared
     parameter that was not saved.
-
-    Caffe: Net::CopyTrainedLayersFrom (file side).
     """
-    if file_is_hdf5(path):
-        return [(name, None, [None if a is None else WeightBlob(a.shape, False, a) for a in arrays])
-                for name, arrays in read_hdf5_weights(path)]
-    net_param = read_binary_proto(path, caffe_pb2.NetParameter())
-    if not len(net_param.layer) and not len(net_param.layers):
-        raise ModelFileError('%s is a NetParameter without any layer, so it holds no weights; '
-                             'expected a trained .caffemodel.' % display_path(path))
-    upgrade_net_as_needed(net_param, str(path))
-    return weights_from_net_param(net_param, str(path))
+    return read_weights_file(path)[0]
