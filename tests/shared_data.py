@@ -28,3 +28,11 @@ def require_shared(*relpath):
             pytest.fail(reason + ' and QCAFFE_REQUIRE_SHARED=1 makes it mandatory')
         pytest.skip(reason)
     return path
+
+
+def mnist_dir():
+    """The four MNIST IDX files: $QCAFFE_MNIST_DIR, else ../shared/data/mnist."""
+    env = os.environ.get('QCAFFE_MNIST_DIR')
+    if env and os.path.isdir(env):
+        return env
+    return require_shared('mnist')

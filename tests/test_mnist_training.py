@@ -17,18 +17,11 @@ import time
 import pytest
 
 from qcaffe.cli import main as cli
-from shared_data import require_shared
+from shared_data import mnist_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(REPO, 'examples', 'mnist')
 ITERATIONS = 1000  # a multiple of test_interval (500), so the final test runs at the end
-
-
-def mnist_dir():
-    env = os.environ.get('QCAFFE_MNIST_DIR')
-    if env and os.path.isdir(env):
-        return env
-    return require_shared('mnist')
 
 
 @pytest.fixture(scope='module')
