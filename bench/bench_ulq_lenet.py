@@ -2,9 +2,11 @@
 """Reproduce the μL2Q LeNet/MNIST table at 1, 2, 4, 8 bits (paper Table IV: 99.06 / 99.12 /
 99.12 / 99.16 %; Quantization-caffe demo 2-bit: 99.08 %).
 
-Net and solver: examples/mnist/quant_lenet_netspec.py (QC demo: conv1, conv2, ip1 with ULQ
-on weights and biases, Clip 8-bit activations after conv1/conv2, ip2 full precision; SGD 0.01
-inv, momentum 0.9, wd 5e-4, batch 64, 781 iterations per epoch).  The test accuracy on the
+Net and solver: examples/mnist/quant_lenet_netspec.py (conv1, conv2, ip1 with ULQ on weights
+and biases, Clip 8-bit activations after conv1/conv2, ip2 full precision; SGD 0.01 inv,
+momentum 0.9, wd 5e-4, batch 64, 781 iterations per epoch).  That is Quantization-caffe's
+demo net without fc1's activation Clip (the demo itself, with it: quantization_demo.py;
+the differences are listed in quant_lenet_netspec.py).  The test accuracy on the
 10 000 MNIST test images is taken after every epoch; the figures written are the final one
 and the best one.  --epochs shortens the run (20 = the published schedule).
 

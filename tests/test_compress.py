@@ -1,8 +1,6 @@
 """μL2Q / Quantization-caffe compression (compression.md section 1): quantizers against
 hand-computed values and edge cases, hooks (fake quantization, STE gradients, activations),
 save -> load -> identical outputs, integer export, report, NetSpec keywords."""
-import logging
-
 import numpy as np
 import pytest
 
@@ -47,6 +45,17 @@ def test_mean_std_is_the_forks_float32_mean_and_never_nan():
     assert mu == float(total / F(x.size)) and abs(mu - 0.1) < 2e-6
     w = np.random.RandomState(0).randn(3000).astype(F) * F(0.05)
     assert mean_std(w)[1] == pytest.approx(float(w.astype(np.float64).std()), rel=1e-6)
+
+
+def test_sequential_sum_carries_across_chunks():
+    from qcaffe.compress.rounding import sequential_sum_f32
+    v = np.random.RandomState(1).randn(1001).astype(F) * F(100)
+    total = F(0)
+    for x in v:
+        total = F(total + x)
+    for chunk in (1, 7, 1000, 1 << 20):
+        assert sequential_sum_f32(v, chunk) == total
+    assert sequential_sum_f32(v[:0]) == 0
 
 
 # ------------------------------------------------------------------------ ULQ
@@ -277,24 +286,12 @@ def test_missing_param_entry_defaults_to_8_bits():
     assert len(np.unique(comp.blobs[0].quantize)) > 4
 
 
-@pytest.fixture
-def warnings_of_qcaffe():
-    """Messages the 'qcaffe' logger emits (its glog handler may stop propagation to caplog)."""
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger('qcaffe')
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
-
-
 @pytest.mark.parametrize('exact', [False, True])
-def test_activation_clip_in_place_with_straight_through_gradient(exact, warnings_of_qcaffe):
+def test_activation_clip_in_place_with_straight_through_gradient(exact, qlog):
     param = {'maxbits': 3, 'clip_to_maxbits': True} if exact else {'maxbits': 3}
     x, comp, plain, tc, tp = setup_pair(activations_compress=['Clip'],
                                         activations_compress_param=[param])
-    warned = [m for m in warnings_of_qcaffe if 'Clip' in m]
+    warned = [m for m in qlog.warnings() if 'Clip' in m]
     if exact:
         assert not warned
     else:   # one warning for the layer, saying what happens and how to get k bits
@@ -324,20 +321,20 @@ def test_activation_clip_in_place_with_straight_through_gradient(exact, warnings
     np.testing.assert_allclose(dx, x.diff, rtol=1e-6)
 
 
-def test_clip_warning_once_per_layer_and_not_for_8_bits(warnings_of_qcaffe):
+def test_clip_warning_once_per_layer_and_not_for_8_bits(qlog):
     ip_layer(weights_compress=['Clip', 'Clip'],
              weights_compress_param=[{'maxbits': 2}, {'maxbits': 4}],
              activations_compress=['Clip'], activations_compress_param=[{'maxbits': 2}])
-    warned = [m for m in warnings_of_qcaffe if 'Clip' in m]
+    warned = [m for m in qlog.warnings() if 'Clip' in m]
     assert len(warned) == 1
     for entry in ('weights_compress_param[0] maxbits 2', 'weights_compress_param[1] maxbits 4',
                   'activations_compress_param[0] maxbits 2'):
         assert entry in warned[0]
-    del warnings_of_qcaffe[:]
+    del qlog.records[:]
     ip_layer(weights_compress=['Clip', 'ULQ'],
              weights_compress_param=[{'maxbits': 8}, {'maxbits': 2}],
              activations_compress=['Clip'])          # 8 bits, 0 = 8, ULQ: nothing to say
-    assert not [m for m in warnings_of_qcaffe if 'Clip' in m]
+    assert not [m for m in qlog.warnings() if 'Clip' in m]
 
 
 def test_activation_ulq_rejected_with_choices():

@@ -297,19 +297,6 @@ def test_example_prototxts_match_the_netspec_script(tmp_path):
 
 
 # ------------------------------------------------ loading rules (compression.md 0.10)
-@pytest.fixture
-def qlog():
-    """Messages of the 'qcaffe' logger (its glog handler may stop propagation to caplog)."""
-    import logging
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger('qcaffe')
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)
-
-
 def test_loading_takes_the_files_params_when_settings_agree(trained, qlog):
     net, path, x, out = trained
     saved = caffe_pb2.NetParameter()
@@ -324,7 +311,7 @@ def test_loading_takes_the_files_params_when_settings_agree(trained, qlog):
             assert (p.alpha, p.delta, p.fixedpos, p.maxbits) == (f.alpha, f.delta, f.fixedpos,
                                                                  f.maxbits)
     assert ip1.activations_compress_param[0].alpha > 0
-    assert not [m for m in qlog if 'weights file' in m]
+    assert not [m for m in qlog.warnings() if 'weights file' in m]
     np.testing.assert_array_equal(forward(net2, x), out)
 
 
@@ -339,7 +326,7 @@ def test_prototxt_setting_wins_over_the_files_with_a_warning(trained, qlog, comp
     net, path, x, _ = trained
     net2 = make_net(caffe_pb2.TEST, comp1=comp1)
     net2.copy_from(path)
-    warned = [m for m in qlog if 'weights file' in m]
+    warned = [m for m in qlog.warnings() if 'weights file' in m]
     assert len(warned) == 1
     for part in ('Layer ip1',) + what + (path,):
         assert part in warned[0]
@@ -371,10 +358,10 @@ def test_activation_setting_and_clip_opt_in_compared_and_saved(tmp_path, qlog):
     f_ip1 = [l for l in saved.layer if l.name == 'ip1'][0]
     assert f_ip1.activations_compress_param[0].clip_to_maxbits     # saved with the model
     assert f_ip1.activations_compress_param[0].maxbits == 2
-    del qlog[:]
+    del qlog.records[:]
     net2 = make_net(caffe_pb2.TEST)          # the prototxt's Clip: QC's, maxbits 8
     net2.copy_from(path)
-    warned = [m for m in qlog if 'weights file' in m]
+    warned = [m for m in qlog.warnings() if 'weights file' in m]
     assert len(warned) == 1 and 'Layer ip1 top 0' in warned[0]
     assert 'Clip maxbits 2 clip_to_maxbits' in warned[0] and 'Clip maxbits 8' in warned[0]
     p = net2.layers[net2.layer_names.index('ip1')].activations_compress_param[0]

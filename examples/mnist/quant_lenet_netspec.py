@@ -1,11 +1,22 @@
 #!/usr/bin/env python3
-"""Build the quantized LeNet of Quantization-caffe's demo with NetSpec and write its
-train/test prototxt and solver (QC demo.py, compression.md 1(e)/(f)).
+"""Build a quantized LeNet with NetSpec and write its train/test prototxt and solver for
+``qcaffe train`` (the μL2Q bit-width table, bench/bench_ulq_lenet.py).
 
 conv1, conv2 and ip1 get μL2Q (or another method) on weights *and* biases at --bits; conv1
 and conv2 outputs get 8-bit Clip activations; the last layer (ip2) stays full precision.
 Solver: SGD lr 0.01 ``inv`` (γ 1e-4, power 0.75), momentum 0.9, weight decay 5e-4,
 batch 64, 20 epochs of 781 iterations (15620), test on 10 000 images every epoch.
+
+Not Quantization-caffe's demo itself (that is examples/mnist/quantization_demo.py, run as
+published).  Where this net and run differ from the fork's demo:
+* ip1 has no activation compression; the fork's fc1 has ``activations_compress: "Clip"``
+  with maxbits 2 (which Quantization-caffe, and qcaffe, run as an 8-bit Clip);
+* BVLC LeNet names (ip1/ip2 for the fork's fc1/score), one train_test prototxt with an
+  Accuracy layer instead of separate train and test nets;
+* ``qcaffe train`` with test_interval 781 (once per epoch) and max_iter 15620, instead of
+  the fork's pycaffe loop of solver.step(781) with its solver's test_interval 500 and
+  max_iter 10000;
+* --method / --bits choose the compression (the demo: ULQ, 2 bits).
 
     python examples/mnist/quant_lenet_netspec.py --method ULQ --bits 2
     qcaffe train --solver examples/mnist/lenet_quant_ulq2_solver.prototxt

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..backend import to_host
 from ..io.errors import QcaffeError
+from ..proto import caffe_pb2
 from .quantizers import (METHODS, QC_CLIP_BITS, WEIGHT_METHODS, QuantState, apply, grid_bits,
                          setting)
 from .rounding import round_away
@@ -66,7 +67,6 @@ def from_files(weights, model=None):
     else from the layer parameters saved in the caffemodel itself (QC saves them)."""
     from ..io import read_net_param
     from .state import read_proto_extras
-    from ..proto import caffe_pb2
     wparam = read_net_param(weights)
     settings = {}
     for lp in (read_net_param(model).layer if model else wparam.layer):

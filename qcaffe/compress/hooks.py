@@ -21,6 +21,8 @@ the tops), ``Layer.weight(i)``, ``Layer.after_weights_loaded`` and ``Layer.to_pr
 * the learned scalars are written into ``layer_param.weights_compress_param[i]`` /
   ``activations_compress_param[i]`` (missing entries are appended, as QC does), so
   ``Net.save`` stores them; pycaffe sees them as ``layer.weights_compress_param[i].alpha``…
+  QC writes them in TRAIN only (or when it had to add the entry); qcaffe in TEST too, so a
+  test net's params describe its last forward, as the integer recipe (top / alpha) needs.
 * a blob *without* a method that was loaded with a quantize array runs with the quantized
   values (QC ``FromProto(FPfirst=false)``): a plain prototxt runs a quantized caffemodel.
 * loading a compressed caffemodel (compression.md 0.10): the file's quantize arrays and
@@ -266,11 +268,10 @@ class LayerCompression(object):
                 k = effective_maxbits(lp.weights_compress_param[i].maxbits)
                 if i in self._file_disagrees:
                     continue                 # take_file_params warned
-                if st is None or st.maxbits != k:
-                    log.warning('Layer %s blob %d: the stored quantize array has maxbits %s, '
+                if st.maxbits != k:          # (files whose layers do not say their method)
+                    log.warning('Layer %s blob %d: the stored quantize array has maxbits %d, '
                                 "the prototxt asks for %d; the prototxt's setting is used "
-                                '(weights quantized afresh)', self.layer.name, i,
-                                'unknown' if st is None else st.maxbits, k)
+                                '(weights quantized afresh)', self.layer.name, i, st.maxbits, k)
                     continue
                 self._loaded[i] = blob.dev_data.copy()
                 _store_state(lp.weights_compress_param[i], st)

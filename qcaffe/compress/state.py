@@ -10,6 +10,7 @@ fields as unknown, so the same file loads there with the full-precision weights.
 """
 import numpy as np
 
+from ..proto import caffe_pb2
 from .quantizers import QuantState
 
 _QUANTIZE_FIELDS = ('double_quantize', 'quantize', 'double_ternary', 'ternary')
@@ -80,7 +81,6 @@ def layer_compress_params(net_param):
     read from a weights file, for the layers saved with any (QC saves the methods and the
     learned params next to the blobs; compression.md 1(d)).  The net compares them with its
     prototxt (``LayerCompression.take_file_params``)."""
-    from ..proto import caffe_pb2
     out = {}
     for lp in net_param.layer:
         if len(lp.weights_compress) or len(lp.activations_compress):
