@@ -367,3 +367,22 @@ def test_activation_setting_and_clip_opt_in_compared_and_saved(tmp_path, qlog):
     p = net2.layers[net2.layer_names.index('ip1')].activations_compress_param[0]
     assert p.maxbits == 8 and not p.clip_to_maxbits and p.alpha == 0   # the file's not taken
     assert ip1.activations_compress_param[0].alpha > 0
+
+
+@pytest.mark.parametrize('exact,bits', [(False, 8), (True, 2)])
+def test_report_and_export_count_clip_at_the_bits_it_uses(tmp_path, capsys, exact, bits):
+    from qcaffe.cli import main
+    comp2 = ('weights_compress: "Clip" weights_compress_param { maxbits: 2%s }'
+             % (' clip_to_maxbits: true' if exact else ''))
+    net = make_net(caffe_pb2.TRAIN, comp2=comp2)
+    forward(net, np.random.RandomState(2).randn(3, 8).astype(np.float32))
+    path = str(tmp_path / 'clip.caffemodel')
+    net.save(path)
+    assert main(['compress_report', '--weights', path]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith('ip2')][0]
+    assert line.split()[2:4] == ['Clip', str(bits)]
+    out = str(tmp_path / 'codes.npz')
+    assert main(['compress_export', '--weights', path, '--output', out]) == 0
+    z = np.load(out)
+    assert int(z['ip2/0/bits']) == bits and int(z['ip2/0/maxbits']) == 2
+    assert np.abs(z['ip2/0/codes']).max() == 2 ** (bits - 1) - 1
