@@ -18,10 +18,10 @@ from . import parallel
 def gemm(a, b, out, xp=np, acc=None):
     """``out = a @ b`` (2-D), or ``out += a @ b`` with ``acc`` a scratch array of out's shape.
 
-    Rows are cut when ``a`` is the larger operand (each chunk reads all of the smaller ``b``),
-    columns otherwise."""
+    Rows are cut unless ``b`` is much the larger operand (each chunk then reads all of the
+    smaller ``a`` instead); row chunks also write contiguous rows of ``out``."""
     m, n = out.shape
-    by_rows = a.size >= b.size
+    by_rows = b.size <= 2 * a.size
 
     def work(s, e):
         if by_rows:
@@ -35,7 +35,8 @@ def gemm(a, b, out, xp=np, acc=None):
         else:
             xp.matmul(*prod, out=tmp)
             dst += tmp
-    # elements touched, weighted so that a chunk is a few hundred thousand multiply-adds
-    parallel.for_chunks(m if by_rows else n, work=work, elements=m * n * a.shape[1] // 16,
+    # a chunk of at least ~8M multiply-adds (smaller GEMMs lose more to their set-up than
+    # the threads win: LeNet ip1's 25.6M in 3 chunks)
+    parallel.for_chunks(m if by_rows else n, work=work, elements=m * n * a.shape[1] // 32,
                         xp=xp)
     return out
