@@ -583,7 +583,8 @@ class Net(object):
             layer = self.layers[self._layer_index[name]]
             log.info('Copying source layer %s', name)
             n_src = sum(b is not None for b in blobs) if hdf5 else len(blobs)
-            if (len(blobs) > len(layer.blobs)) or (not hdf5 and len(blobs) != len(layer.blobs)):
+            n_min = layer.required_blob_count()
+            if len(blobs) > len(layer.blobs) or (not hdf5 and len(blobs) < n_min):
                 raise WeightsMismatchError(
                     'Incompatible number of blobs for layer %r: the weights file %s has %d, '
                     'the net has %d (%s)' % (name, source, n_src, len(layer.blobs),
@@ -591,6 +592,10 @@ class Net(object):
                                              or 'no blobs'))
             for j, target in enumerate(layer.blobs):
                 wb = blobs[j] if j < len(blobs) else None
+                if j >= len(blobs) and j >= n_min:
+                    log.info('Layer %s: blob %d is not in %s; it keeps its initial value',
+                             name, j, source)
+                    continue
                 if wb is None:
                     pid = param_id_of.get(id(target), -1)
                     if pid >= 0 and self.param_owners[pid] >= 0:

@@ -230,6 +230,12 @@ class Layer(object):
     # on every rank (qcaffe.distributed broadcasts the root's).
     per_rank_state = False
 
+    def required_blob_count(self):
+        """How many leading blobs a binary weights file must give this layer (Caffe: all of
+        them).  A layer whose trailing blobs keep useful initial values may ask for fewer
+        (APoT's clipping thresholds when fine-tuning from a full-precision model)."""
+        return len(self.blobs)
+
     def extra_state(self):
         """Serialisable layer state beyond blobs (DNS mu/sigma, INQ flags): a dict of arrays."""
         return {}

@@ -1,0 +1,282 @@
+"""APoT: additive powers-of-two quantization with learned clipping thresholds, as pure functions.
+
+Original: yhhhli/APoT_Quantization (Li, Dong, Wang, ICLR 2020), PyTorch only.  Two rule sets:
+
+* ``CIFAR`` (default; CIFAR10/models/quant_layer.py, the code behind the CIFAR-10 numbers):
+  ``weight_quantize_fn`` / ``act_quantization`` with custom backward passes;
+* ``IMAGENET`` (ImageNet/models/quant_layer.py ``QuantConv2d``; MNIST/ uses the same file):
+  autograd through clamps and the weight normalisation, 2-bit weights with the
+  "calibrated gradient", optional ``grad_scale`` on the clipping thresholds.
+
+Spec: compression.md section 3, §0.6 and the errata under §0 (levels scaled by the float32
+reciprocal of their maximum, ties resolved in the original's ``set`` order, activations use
+APoT levels at every bit width).  All element-wise work is float32 as in PyTorch; the
+threshold gradients are float32 products summed in float64.  Rounding is half to even
+(``torch.round``).  Every function takes numpy or cupy arrays (``get_array_module``).
+
+Quantities (per layer): ``x`` = normalised weight / α_w or input / α_a, ``q`` = its quantized
+value in those units (a level), and the layer computes with ``q · α``.
+"""
+import collections
+import functools
+
+import numpy as np
+
+from ..backend import get_array_module
+from .rounding import mean_std, round_half_even
+
+CIFAR, IMAGENET = 'CIFAR', 'IMAGENET'
+VARIANTS = (CIFAR, IMAGENET)
+FULL_PRECISION = 32
+POWER_BITS = (2, 6)      # (A)PoT level sets exist for activations B = bit in 2..6
+UNIFORM_BITS = (2, 8)
+FIRST_LAST_CODES = 127   # the original's "8-bit" first/last layers: round(w / max(w) * 127)
+
+
+# ------------------------------------------------------------------------------ level sets
+class Levels(collections.namedtuple('Levels', 'values sorted rank')):
+    """A level set: ``values`` in the original's order (its tie-break order), ``sorted``
+    ascending, ``rank[i]`` = position of ``sorted[i]`` in ``values``.  float32 numpy arrays."""
+    __slots__ = ()
+
+
+def _bases(B, additive):
+    """The base lists of ``build_power_value(B, additive)``: each starts with 0; a level is
+    one element of each list summed (compression.md 3(b))."""
+    if not additive:                       # plain PoT: {0} ∪ {2^-1 ... 2^-(2^B - 1)}
+        return [[0.0] + [2.0 ** -(i + 1) for i in range(2 ** B - 1)]]
+    exps = {2: [[1, 2, 3]],
+            3: [[1, 2, 4], [3]],
+            4: [[1, 3, 5], [2, 4, 6]],
+            5: [[1, 3, 6], [2, 4, 7], [5]],
+            6: [[1, 4, 7], [2, 5, 8], [3, 6, 9]]}.get(B)
+    if exps is None:
+        raise ValueError('APoT level sets exist for B = 2..6 (additive), got B = %d' % B)
+    return [[0.0] + [2.0 ** -e for e in row] for row in exps]
+
+
+@functools.lru_cache(maxsize=None)
+def level_set(B, additive=True):
+    """``build_power_value(B, additive)`` bit-exactly, as a :class:`Levels`.
+
+    The order is that of ``list(set(sums))`` (sums enumerated first base outermost), which
+    CPython >= 3.7 gives identically for these floats; argmin ties pick the first level in
+    that order (errata under §0).  The maximum becomes 1 by multiplying with the float32
+    reciprocal of the maximum, as ``values.mul(1.0 / torch.max(values))`` does (for B = 5, 6
+    a few levels differ from the exact quotient by one ulp).
+    """
+    bases = _bases(B, additive)
+    while len(bases) < 3:
+        bases.append([0.0])
+    sums = [a + b + c for a in bases[0] for b in bases[1] for c in bases[2]]
+    raw = np.array(list(set(sums)), dtype=np.float32)
+    values = raw * (np.float32(1.0) / raw.max())
+    if values[0] != 0:
+        # project() sends everything below the smallest level to level 0; with 0 first in
+        # the search order that is also what the original's argmin does for any input
+        raise AssertionError('APoT level set B=%d does not start with 0' % B)
+    order = np.argsort(values, kind='stable')
+    for arr in (values, order):
+        arr.setflags(write=False)
+    srt = values[order]
+    srt.setflags(write=False)
+    return Levels(values, srt, order)
+
+
+def project(a, levels):
+    """Nearest level of every element of ``a`` (float32, any shape, all <= 1), ties to the
+    level that comes first in ``levels.values`` -- the original's
+    ``(x - v).abs().min(dim=0)`` over its level list.
+
+    Vectorised over the two neighbours in the sorted levels (searchsorted): distances to
+    levels farther away are larger even after float32 rounding (levels are >= 2^-9 apart),
+    and below the smallest level the original's ties all resolve to level 0, listed first.
+    """
+    xp = get_array_module(a)
+    srt = xp.asarray(levels.sorted)
+    rank = xp.asarray(levels.rank)
+    hi = xp.searchsorted(srt, a.ravel(), side='left')
+    xp.clip(hi, 1, srt.size - 1, out=hi)
+    lo = hi - 1
+    flat = a.ravel()
+    d_lo = xp.abs(flat - srt[lo])
+    d_hi = xp.abs(flat - srt[hi])
+    take_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (rank[hi] < rank[lo]))
+    return srt[xp.where(take_hi, hi, lo)].reshape(a.shape)
+
+
+def _uniform(a, steps):
+    """``round(a * steps) / steps`` in float32, half to even (the originals' uniform_quant)."""
+    return round_half_even(a * np.float32(steps)) / np.float32(steps)
+
+
+# ---------------------------------------------------------------------------- configuration
+def check_config(bit, power=True, additive=True, variant=CIFAR):
+    """Raise ValueError (one line, valid choices listed) for an unusable combination."""
+    if variant not in VARIANTS:
+        raise ValueError('variant %r; valid: %s' % (variant, ', '.join(VARIANTS)))
+    if bit == FULL_PRECISION:
+        return
+    lo, hi = POWER_BITS if power else UNIFORM_BITS
+    if not lo <= bit <= hi:
+        kind = ('APoT' if additive else 'PoT') if power else 'uniform'
+        raise ValueError('bit = %d is not available for %s quantization: valid bit widths are '
+                         '%d..%d%s, or %d (full precision)'
+                         % (bit, kind, lo, hi,
+                            ' (7 and 8 bits only with power: false)' if power else '',
+                            FULL_PRECISION))
+
+
+def weight_levels(bit, power=True, additive=True):
+    """Magnitude levels of ``bit``-bit weights (one bit is the sign, B = bit - 1), or None
+    where the uniform rule applies (power off, or 2-bit weights: {-1, 0, 1} in every
+    variant)."""
+    if power and bit > 2:
+        return level_set(bit - 1, additive)
+    return None
+
+
+def act_levels(bit, power=True, additive=True):
+    """Levels of ``bit``-bit activations (unsigned: B = bit), or None for uniform."""
+    return level_set(bit, additive) if power else None
+
+
+# --------------------------------------------------------------------------------- weights
+class WeightContext(collections.namedtuple('WeightContext', 'normalized x q std alpha')):
+    """What the weight backward needs: the normalised weights, ``x`` = normalised / α,
+    ``q`` its quantized value (units of α), the std and α (float32 scalars)."""
+    __slots__ = ()
+
+
+def weight_stats(w):
+    """Mean and *unbiased* standard deviation of the whole tensor (torch ``mean``/``std``),
+    in float64 rounded to float32.  torch sums in float32 and can differ by one ulp in the
+    mean (apot_ref: 0.0015301886 vs the exact 0.0015301885), never in the quantized
+    values of the reference data."""
+    n = w.size
+    mu, sd = mean_std(w)
+    if n > 1:
+        sd *= np.sqrt(n / (n - 1.0))
+    return np.float32(mu), np.float32(sd)
+
+
+def quantize_weights(w, alpha, bit, power=True, additive=True):
+    """The weights a quantized layer computes with: ``q(clamp((w - mean) / std / α)) · α``
+    (the normalisation is not undone: the original lets the following BN absorb the scale).
+
+    ``alpha``: the float32 threshold α_w.  Returns ``(w_q, WeightContext)``.  The forward is
+    the same in both variants.
+    """
+    xp = get_array_module(w)
+    alpha = np.float32(alpha)
+    mean, std = weight_stats(w)
+    normalized = (w - mean) / std
+    x = normalized / alpha
+    xc = xp.clip(x, -1, 1)
+    levels = weight_levels(bit, power, additive)
+    if levels is None:
+        q = xp.sign(xc) * _uniform(xp.abs(xc), 2 ** (bit - 1) - 1)
+    else:
+        q = xp.sign(xc) * project(xp.abs(xc), levels)
+    q = q.astype(np.float32, copy=False)
+    return q * alpha, WeightContext(normalized, x, q, std, alpha)
+
+
+def _alpha_sum(g, terms, grad_scale):
+    """``Σ g · terms`` (float32 products, float64 sum) times ``grad_scale``: a 0-d float32."""
+    xp = get_array_module(g)
+    s = xp.sum(g * terms, dtype=np.float64)
+    if grad_scale is not None:
+        s = s * grad_scale
+    return s.astype(np.float32)
+
+
+def weight_grads(g, ctx, bit, variant=CIFAR, grad_scale=None):
+    """Gradients for the raw weights and α_w from ``g`` = dL/d(w_q).
+
+    Both variants: dL/dα_w = Σ g · (sign(x)·[|x| > 1] + (q - x)·[|x| <= 1]) (× grad_scale).
+    CIFAR: straight through, not clipped, mean/std detached: dL/dw = g / std.
+    IMAGENET: clipped to |x| <= 1 (torch clamp passes its bounds), except 2-bit weights
+    (calibrated gradient: not clipped); then through the live mean and unbiased std:
+    dL/dw = (h - mean(h) - n · Σ(h·n) / (N - 1)) / std with h the gradient of the
+    normalised weights n.  ``grad_scale`` is the ImageNet option; qcaffe applies it in either
+    variant when given.  Returns ``(grad_w, grad_alpha)``.
+    """
+    xp = get_array_module(g)
+    x = ctx.x
+    outside = xp.abs(x) > 1
+    grad_alpha = _alpha_sum(g, xp.where(outside, xp.sign(x), ctx.q - x), grad_scale)
+    if variant == CIFAR:
+        return g / ctx.std, grad_alpha
+    h = g if bit <= 2 else xp.where(outside, np.float32(0), g)
+    n = ctx.normalized.astype(np.float64)
+    h64 = h.astype(np.float64)
+    count = h.size
+    dot = float(xp.sum(h64 * n)) / max(count - 1, 1)
+    grad_w = (h64 - h64.mean() - n * dot) / float(ctx.std)
+    return grad_w.astype(np.float32), grad_alpha
+
+
+# ------------------------------------------------------------------------------ activations
+def quantize_acts(x, alpha, bit, power=True, additive=True, variant=CIFAR):
+    """The input a quantized layer computes with.  Returns ``(x_q, q)`` with ``q`` in units
+    of α_a (kept for the backward).
+
+    CIFAR: u = x / α clamped above at 1 only (inputs are post-ReLU; a negative one goes to
+    the nearest level, 0, or stays negative on the uniform path); IMAGENET: clamped to [0, 1].
+    power: nearest level of B = bit; uniform: round(u · (2^bit - 1)) / (2^bit - 1).
+    """
+    xp = get_array_module(x)
+    alpha = np.float32(alpha)
+    u = x / alpha
+    if variant == CIFAR:
+        uc = xp.minimum(u, np.float32(1))
+    else:
+        uc = xp.clip(u, 0, 1)
+    levels = act_levels(bit, power, additive)
+    q = project(uc, levels) if levels is not None else _uniform(uc, 2 ** bit - 1)
+    q = q.astype(np.float32, copy=False)
+    return q * alpha, q
+
+
+def act_grads(g, x, q, alpha, variant=CIFAR, grad_scale=None):
+    """Gradients for the input and α_a from ``g`` = dL/d(x_q); ``q`` from quantize_acts.
+
+    CIFAR: dL/dx = g · [u <= 1] (negative inputs pass); dL/dα = Σ g · ([u > 1] + (q - u)·[u <= 1])
+    (a negative input contributes g · (q - u)).
+    IMAGENET (autograd through clamp(0, 1)): dL/dx = g · [0 <= u <= 1];
+    dL/dα = Σ g · (q - u · [0 <= u <= 1]).  Returns ``(grad_x, grad_alpha)``.
+    """
+    xp = get_array_module(g)
+    u = x / np.float32(alpha)
+    above = u > 1
+    if variant == CIFAR:
+        inside = ~above
+        terms = xp.where(above, np.float32(1), q - u)
+    else:
+        inside = ~above & (u >= 0)
+        terms = q - xp.where(inside, u, np.float32(0))
+    grad_x = xp.where(inside, g, np.float32(0))
+    return grad_x, _alpha_sum(g, terms, grad_scale)
+
+
+# ----------------------------------------------------------------------- first / last layer
+def first_last_codes(w):
+    """Integer codes of the original's "8-bit" first conv / last FC: ``round(w / m · 127)``
+    with m the *signed* maximum (no clamp: weights below -m get codes beyond -127).
+    Returns ``(codes, m)``; ``codes`` is None when m <= 0 (the original would divide by zero
+    or flip signs; qcaffe then leaves the weights unchanged)."""
+    xp = get_array_module(w)
+    m = np.float32(xp.max(w)) if w.size else np.float32(0)
+    if not m > 0:
+        return None, m
+    return round_half_even(w / m * np.float32(FIRST_LAST_CODES)), m
+
+
+def first_last_weights(w):
+    """``round(w / m · 127) / 127 · m`` (see :func:`first_last_codes`); the gradient is the
+    identity (straight through)."""
+    codes, m = first_last_codes(w)
+    if codes is None:
+        return w.copy()
+    return codes / np.float32(FIRST_LAST_CODES) * m
