@@ -34,9 +34,11 @@ FIRST_LAST_CODES = 127   # the original's "8-bit" first/last layers: round(w / m
 
 
 # ------------------------------------------------------------------------------ level sets
-class Levels(collections.namedtuple('Levels', 'values sorted rank')):
+class Levels(collections.namedtuple('Levels', 'values sorted rank thresholds')):
     """A level set: ``values`` in the original's order (its tie-break order), ``sorted``
-    ascending, ``rank[i]`` = position of ``sorted[i]`` in ``values``.  float32 numpy arrays."""
+    ascending, ``rank[i]`` = position of ``sorted[i]`` in ``values``, and ``thresholds[k]``
+    = the smallest float32 that goes to ``sorted[k + 1]`` rather than ``sorted[k]``.
+    float32 numpy arrays (read-only)."""
     __slots__ = ()
 
 
@@ -53,6 +55,28 @@ def _bases(B, additive):
     if exps is None:
         raise ValueError('APoT level sets exist for B = 2..6 (additive), got B = %d' % B)
     return [[0.0] + [2.0 ** -e for e in row] for row in exps]
+
+
+def _goes_up(x, lo, hi, up_first):
+    """The original's choice between neighbours lo < x <= hi: float32 |x - v|, the nearer
+    wins, a tie goes to the one listed first (``up_first``: hi is)."""
+    d_lo, d_hi = np.float32(x - lo), np.float32(hi - x)
+    return d_hi < d_lo or (d_hi == d_lo and up_first)
+
+
+def _threshold(lo, hi, up_first):
+    """Smallest float32 x in (lo, hi] with ``_goes_up``: bisection over the bit patterns
+    (non-negative float32 order as their int32 patterns).  The choice is monotone in x since
+    float32 subtraction is."""
+    a = int(np.float32(lo).view(np.int32))     # goes down here (x = lo)
+    b = int(np.float32(hi).view(np.int32))     # goes up here (x = hi)
+    while b - a > 1:
+        mid = (a + b) // 2
+        if _goes_up(np.int32(mid).view(np.float32), lo, hi, up_first):
+            b = mid
+        else:
+            a = mid
+    return np.int32(b).view(np.float32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,37 +96,36 @@ def level_set(B, additive=True):
     raw = np.array(list(set(sums)), dtype=np.float32)
     values = raw * (np.float32(1.0) / raw.max())
     if values[0] != 0:
-        # project() sends everything below the smallest level to level 0; with 0 first in
-        # the search order that is also what the original's argmin does for any input
+        # below the smallest level (0) the original's ties among several levels go to the
+        # first listed; project() sends such inputs to 0, right only while 0 is first
         raise AssertionError('APoT level set B=%d does not start with 0' % B)
-    order = np.argsort(values, kind='stable')
-    for arr in (values, order):
+    rank = np.argsort(values, kind='stable')
+    srt = values[rank]
+    thresholds = np.array([_threshold(srt[k], srt[k + 1], rank[k + 1] < rank[k])
+                           for k in range(srt.size - 1)], dtype=np.float32)
+    for arr in (values, srt, rank, thresholds):
         arr.setflags(write=False)
-    srt = values[order]
-    srt.setflags(write=False)
-    return Levels(values, srt, order)
+    return Levels(values, srt, rank, thresholds)
 
 
 def project(a, levels):
     """Nearest level of every element of ``a`` (float32, any shape, all <= 1), ties to the
-    level that comes first in ``levels.values`` -- the original's
-    ``(x - v).abs().min(dim=0)`` over its level list.
+    level listed first in ``levels.values``: the original's ``(x - v).abs().min(dim=0)``
+    over its level list, bit for bit.
 
-    Vectorised over the two neighbours in the sorted levels (searchsorted): distances to
-    levels farther away are larger even after float32 rounding (levels are >= 2^-9 apart),
-    and below the smallest level the original's ties all resolve to level 0, listed first.
+    Levels beyond the two neighbours of ``a`` stay farther after float32 rounding (their
+    extra distance is a level gap, far above the rounding error of a distance <= 1), so the
+    choice is between neighbours, made by the
+    precomputed thresholds: index = number of thresholds <= a (one compare per level, no
+    argmin over a levels x elements array).  Below 0 every input goes to level 0.
     """
     xp = get_array_module(a)
-    srt = xp.asarray(levels.sorted)
-    rank = xp.asarray(levels.rank)
-    hi = xp.searchsorted(srt, a.ravel(), side='left')
-    xp.clip(hi, 1, srt.size - 1, out=hi)
-    lo = hi - 1
-    flat = a.ravel()
-    d_lo = xp.abs(flat - srt[lo])
-    d_hi = xp.abs(flat - srt[hi])
-    take_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (rank[hi] < rank[lo]))
-    return srt[xp.where(take_hi, hi, lo)].reshape(a.shape)
+    idx = xp.zeros(a.shape, dtype=np.uint8)
+    above = xp.empty(a.shape, dtype=bool)
+    for t in levels.thresholds:
+        xp.greater_equal(a, t, out=above)
+        idx += above
+    return xp.asarray(levels.sorted).take(idx)
 
 
 def _uniform(a, steps):
