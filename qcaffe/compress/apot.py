@@ -23,10 +23,17 @@ import functools
 import numpy as np
 
 from ..backend import get_array_module
+from ..io.errors import LayerError
+from ..proto import caffe_pb2
 from .rounding import mean_std, round_half_even
 
 CIFAR, IMAGENET = 'CIFAR', 'IMAGENET'
 VARIANTS = (CIFAR, IMAGENET)
+LAYER_TYPES = ('APoTConvolution', 'APoTInnerProduct')
+# initial thresholds of the original: wgt_alpha / weight_alpha 3.0, act_alpha 8.0 (CIFAR)
+# or 6.0 (ImageNet / MNIST)
+ALPHA_W_INIT = 3.0
+ALPHA_A_INIT = {CIFAR: 8.0, IMAGENET: 6.0}
 FULL_PRECISION = 32
 POWER_BITS = (2, 6)      # (A)PoT level sets exist for activations B = bit in 2..6
 UNIFORM_BITS = (2, 8)
@@ -143,11 +150,55 @@ def check_config(bit, power=True, additive=True, variant=CIFAR):
     lo, hi = POWER_BITS if power else UNIFORM_BITS
     if not lo <= bit <= hi:
         kind = ('APoT' if additive else 'PoT') if power else 'uniform'
-        raise ValueError('bit = %d is not available for %s quantization: valid bit widths are '
+        raise ValueError('bit is %d, not available for %s quantization: valid bit widths are '
                          '%d..%d%s, or %d (full precision)'
                          % (bit, kind, lo, hi,
                             ' (7 and 8 bits only with power: false)' if power else '',
                             FULL_PRECISION))
+
+
+FULL, FIRST_LAST, QUANTIZED = 'full precision', 'first_last', 'quantized'
+
+
+def layer_settings(lp):
+    """The checked ``apot_param`` of LayerParameter ``lp`` (an APoTConvolution or
+    APoTInnerProduct) as a dict: mode (FULL, FIRST_LAST or QUANTIZED), bit, power, additive,
+    variant, grad_scale.  A LayerError names the layer and the field."""
+    p = lp.apot_param
+
+    def bad(field, message):
+        return LayerError('Layer %r (type %s): apot_param.%s %s' % (lp.name, lp.type, field,
+                                                                    message))
+    variant = caffe_pb2.APoTParameter.Variant.Name(p.variant)
+    grad_scale = None
+    if p.HasField('grad_scale'):
+        grad_scale = float(p.grad_scale)
+        if not grad_scale > 0:
+            raise bad('grad_scale', 'is %g; it must be > 0 (to freeze a threshold give its '
+                      'param entry lr_mult: 0)' % grad_scale)
+    bit = int(p.bit)
+    if p.first_last:
+        if p.HasField('bit') and bit != 8:
+            raise bad('bit', "is %d, but first_last layers are always 8-bit (the original's "
+                      'first/last layer rule); leave bit unset or 8' % bit)
+        mode = FIRST_LAST
+    else:
+        try:
+            check_config(bit, p.power, p.additive, variant)
+        except ValueError as e:      # 'bit is 7, not available ...'
+            raise LayerError('Layer %r (type %s): apot_param.%s' % (lp.name, lp.type, e))
+        mode = FULL if bit == FULL_PRECISION else QUANTIZED
+    if len(lp.weights_compress):
+        raise LayerError('Layer %r (type %s): weights_compress cannot be combined with APoT '
+                         '(the layer quantizes its own weights); remove weights_compress'
+                         % (lp.name, lp.type))
+    return dict(mode=mode, bit=bit, power=bool(p.power), additive=bool(p.additive),
+                variant=variant, grad_scale=grad_scale)
+
+
+def initial_alphas(variant=CIFAR):
+    """(α_w, α_a) a new layer starts with."""
+    return ALPHA_W_INIT, ALPHA_A_INIT[variant]
 
 
 def weight_levels(bit, power=True, additive=True):

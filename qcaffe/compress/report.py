@@ -3,7 +3,9 @@
 For every blob with ``weights_compress``: method, bit width, the number of distinct values
 actually present, and the size of the weights packed at their bit width (plus their float32
 scale scalars) against float32.  Blobs without a method count at float32 in the totals.
-Beyond the originals (Quantization-caffe only stores float copies).
+APoT layers get a table of their own (:func:`apot_rows`): bits, learned thresholds α_w / α_a,
+distinct weight values, packed size.  Beyond the originals (Quantization-caffe only stores
+float copies; APoT only PyTorch checkpoints).
 
 ``qcaffe compress_report --weights W.caffemodel [--model M.prototxt]`` (no net is built, so
 data layers and their databases are not needed).
@@ -72,21 +74,116 @@ def format_report(rows, total_float_bytes=None):
 def net_report(net):
     """The report of a built Net as text (pycaffe: ``print(net_report(solver.net))``)."""
     total = sum(4 * b.count_all for layer in net.layers for b in layer.blobs)
-    return format_report(rows_for(from_net(net)), total)
+    rows = rows_for(from_net(net))
+    return with_apot(format_report(rows, total) if rows else '', apot_rows(net.to_proto()),
+                     total)
 
 
 def file_report(weights, model=None):
     """The report of a .caffemodel (methods from ``model`` or the file) as text."""
     from ..io import read_net_param
     entries = from_files(weights, model)
-    if not entries:
-        raise ExportError('no layer of %s has weights_compress%s: nothing to report'
-                          % (weights, ' in ' + model if model else ''))
+    wparam = read_net_param(weights)
+    apot = apot_rows(wparam, read_net_param(model) if model else None)
+    if not entries and not apot:
+        raise ExportError('no layer of %s has weights_compress or is an APoT layer%s: nothing '
+                          'to report' % (weights, ' in ' + model if model else ''))
     total = 0
-    for lp in read_net_param(weights).layer:
+    for lp in wparam.layer:
         for bp in lp.blobs:
             total += 4 * (len(bp.data) or len(bp.double_data))
-    return format_report(rows_for(entries), total)
+    return with_apot(format_report(rows_for(entries), total) if entries else '', apot, total)
+
+
+# ---------------------------------------------------------------------------- APoT layers
+def _signed_bits(lo, hi):
+    """Bits of the smallest two's-complement integer holding every code in [lo, hi]."""
+    bits = 1
+    while lo < -(1 << (bits - 1)) or hi > (1 << (bits - 1)) - 1:
+        bits += 1
+    return bits
+
+
+def apot_rows(weights_param, model_param=None):
+    """One dict per APoT layer (APoTConvolution / APoTInnerProduct) of ``weights_param`` (a
+    NetParameter with blobs: a .caffemodel or ``Net.to_proto()``): layer, type, rule, bits
+    (per weight code), alpha_w, alpha_a, count, distinct (values of the weights the layer
+    computes with), packed_bytes (codes + float32 thresholds or scale), float_bytes, ratio.
+    Settings (type, ``apot_param``) from ``model_param``'s same-named layer when given.
+    Thresholds missing from the file (a full-precision model) count at their initial values.
+    """
+    from ..io.blobproto import blobproto_to_array
+    from . import apot
+    spec = {lp.name: lp for lp in (model_param or weights_param).layer
+            if lp.type in apot.LAYER_TYPES}
+    rows = []
+    for lp in weights_param.layer:
+        sp = spec.get(lp.name)
+        if sp is None or not len(lp.blobs):
+            continue
+        s = apot.layer_settings(sp)
+        w = blobproto_to_array(lp.blobs[0])
+        alphas, scalars = ('-', '-'), 0
+        if s['mode'] == apot.QUANTIZED:
+            nw = 1 + int(sp.convolution_param.bias_term if sp.type == 'APoTConvolution'
+                         else sp.inner_product_param.bias_term)
+            stored = [float(blobproto_to_array(b).ravel()[0]) for b in lp.blobs[nw:nw + 2]]
+            alphas = tuple(stored) if len(stored) == 2 else apot.initial_alphas(s['variant'])
+            wq = apot.quantize_weights(w, alphas[0], s['bit'], s['power'], s['additive'])[0]
+            bits, distinct, scalars = s['bit'], np.unique(wq).size, 2
+            rule = ('APoT' if s['additive'] else 'PoT') if s['power'] and s['bit'] > 2 \
+                else 'uniform'
+        elif s['mode'] == apot.FIRST_LAST:
+            codes, _ = apot.first_last_codes(w)
+            if codes is None:           # no positive weight: stays float
+                bits, distinct, rule = 32, np.unique(w).size, 'first/last (float)'
+            else:
+                bits = max(8, _signed_bits(int(codes.min()), int(codes.max())))
+                distinct, scalars, rule = np.unique(codes).size, 1, 'first/last'
+        else:
+            bits, distinct, rule = 32, np.unique(w).size, 'full precision'
+        count = int(w.size)
+        packed = (count * bits + 7) // 8 + 4 * scalars
+        rows.append(dict(layer=lp.name, type=lp.type, rule=rule, bits=bits, alpha_w=alphas[0],
+                         alpha_a=alphas[1], count=count, distinct=int(distinct),
+                         packed_bytes=packed, float_bytes=4 * count,
+                         ratio=4.0 * count / packed))
+    return rows
+
+
+def format_apot_report(rows, total_float_bytes=None):
+    """The APoT table as text (weights only: biases and BatchNorm stay float32);
+    ``total_float_bytes`` adds the whole-model line."""
+    def alpha(v):
+        return v if isinstance(v, str) else '%.4g' % v
+    table = [('layer', 'type', 'rule', 'bits', 'alpha_w', 'alpha_a', 'distinct', 'packed',
+              'float32', 'ratio')]
+    for r in rows:
+        table.append((r['layer'], r['type'], r['rule'], str(r['bits']), alpha(r['alpha_w']),
+                      alpha(r['alpha_a']), str(r['distinct']), _fmt_bytes(r['packed_bytes']),
+                      _fmt_bytes(r['float_bytes']), '%.1fx' % r['ratio']))
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+             for row in table]
+    packed = sum(r['packed_bytes'] for r in rows)
+    flt = sum(r['float_bytes'] for r in rows)
+    lines.append('APoT weights: %s packed vs %s float32 (%.1fx)'
+                 % (_fmt_bytes(packed), _fmt_bytes(flt), flt / float(max(packed, 1))))
+    if total_float_bytes is not None:
+        model = total_float_bytes - flt + packed
+        lines.append('whole model: %s vs %s float32 (%.1fx; other blobs at float32)'
+                     % (_fmt_bytes(model), _fmt_bytes(total_float_bytes),
+                        total_float_bytes / float(max(model, 1))))
+    return '\n'.join(lines)
+
+
+def with_apot(text, rows, total_float_bytes):
+    """``text`` (the weights_compress report, may be empty) followed by the APoT table; the
+    APoT whole-model line only when it stands alone."""
+    if not rows:
+        return text
+    apot_text = format_apot_report(rows, None if text else total_float_bytes)
+    return (text + '\n\n' + apot_text) if text else apot_text
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -6,6 +6,7 @@ equivalent with the same strictness (a singular field given twice is an error, u
 lenient ``text_format.Merge``).
 """
 import logging
+import re
 
 from google.protobuf import text_format
 
@@ -39,6 +40,18 @@ def _caret_excerpt(text, line, column):
     return '\n%s%s\n%s%s^' % (gutter, source, ' ' * (len(gutter) - 2) + '| ', pad)
 
 
+def _enum_choices(detail, message):
+    """' Valid choices: A, B' when protobuf rejected an enum value name, else ''."""
+    m = re.search(r'Enum type "([\w.]+)" has no value named', detail)
+    if not m:
+        return ''
+    try:
+        enum = message.DESCRIPTOR.file.pool.FindEnumTypeByName(m.group(1))
+    except KeyError:
+        return ''
+    return ' Valid choices: %s.' % ', '.join(v.name for v in enum.values)
+
+
 def _parse_error(error, text, message, path):
     line, column = error.GetLine(), error.GetColumn()
     detail = str(error)
@@ -53,6 +66,7 @@ def _parse_error(error, text, message, path):
             quoted = "'%s': " % lines[line - 1]
             if detail.startswith(quoted):
                 detail = detail[len(quoted):]
+    detail += _enum_choices(detail, message)
     where = path if line is None else '%s:%d:%d' % (path, line, column)
     # "file:line:column: ..." is the compiler convention editors and terminals link to.
     msg = ('%s: error parsing text-format %s: %s%s'

@@ -21,50 +21,10 @@ import numpy as np
 
 from ..blob import Blob
 from ..compress import apot
-from ..proto import caffe_pb2
-from .base import LayerError, register_layer
+from ..compress.apot import FIRST_LAST, FULL, QUANTIZED, layer_settings
+from .base import register_layer
 from .common import InnerProductLayer, param_needs_grad
 from .vision import ConvolutionLayer
-
-ALPHA_W_INIT = 3.0
-ALPHA_A_INIT = {apot.CIFAR: 8.0, apot.IMAGENET: 6.0}
-
-FULL, FIRST_LAST, QUANTIZED = 'full precision', 'first_last', 'quantized'
-
-
-def apot_settings(lp):
-    """The checked ``apot_param`` of LayerParameter ``lp`` as a dict (mode, bit, power,
-    additive, variant, grad_scale); LayerError names the layer and the field."""
-    p = lp.apot_param
-
-    def bad(field, message):
-        return LayerError('Layer %r (type %s): apot_param.%s %s' % (lp.name, lp.type, field,
-                                                                    message))
-    variant = caffe_pb2.APoTParameter.Variant.Name(p.variant)
-    grad_scale = None
-    if p.HasField('grad_scale'):
-        grad_scale = float(p.grad_scale)
-        if not grad_scale > 0:
-            raise bad('grad_scale', 'is %g; it must be > 0 (to freeze a threshold give its '
-                      'param entry lr_mult: 0)' % grad_scale)
-    bit = int(p.bit)
-    if p.first_last:
-        if p.HasField('bit') and bit != 8:
-            raise bad('bit', 'is %d, but first_last layers are always 8-bit (the original\'s '
-                      'first/last layer rule); leave bit unset or 8' % bit)
-        mode = FIRST_LAST
-    else:
-        try:
-            apot.check_config(bit, p.power, p.additive, variant)
-        except ValueError as e:
-            raise bad('bit', str(e))
-        mode = FULL if bit == apot.FULL_PRECISION else QUANTIZED
-    if len(lp.weights_compress):
-        raise LayerError('Layer %r (type %s): weights_compress cannot be combined with APoT '
-                         '(the layer quantizes its own weights); remove weights_compress'
-                         % (lp.name, lp.type))
-    return dict(mode=mode, bit=bit, power=bool(p.power), additive=bool(p.additive),
-                variant=variant, grad_scale=grad_scale)
 
 
 class _APoTLayer(object):
@@ -72,13 +32,13 @@ class _APoTLayer(object):
     quantizes (``class APoTConvolutionLayer(_APoTLayer, ConvolutionLayer)``)."""
 
     def layer_setup(self, bottom, top):
-        self.apot = apot_settings(self.layer_param)
+        self.apot = layer_settings(self.layer_param)
         super().layer_setup(bottom, top)
         self.num_weight_blobs = len(self.blobs)            # weight (+ bias)
         self.has_thresholds = self.apot['mode'] == QUANTIZED
         if self.has_thresholds:
-            self.new_blob(1).data[...] = ALPHA_W_INIT
-            self.new_blob(1).data[...] = ALPHA_A_INIT[self.apot['variant']]
+            for value in apot.initial_alphas(self.apot['variant']):
+                self.new_blob(1).data[...] = value
         self._inputs = [Blob() for _ in bottom] if self.has_thresholds else None
         self._input_q = [None] * len(bottom)
         self._wq = self._wctx = None

@@ -37,7 +37,7 @@ def register_layer(type_name, *aliases):
                 raise RuntimeError('layer type %r registered twice (%s and %s)'
                                    % (name, _REGISTRY[name].__name__, cls.__name__))
             _REGISTRY[name] = cls
-        if getattr(cls, 'type', None) in (None, Layer.type):
+        if 'type' not in vars(cls):      # not inherited: APoTConvolution is not 'Convolution'
             cls.type = type_name
         return cls
     return deco
