@@ -28,6 +28,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
 
+from google.protobuf import text_format  # noqa: E402
+
 from qcaffe import net_spec  # noqa: E402
 from qcaffe.proto import caffe_pb2  # noqa: E402
 
@@ -139,43 +141,33 @@ def train_test(build, name, bit, power):
     return net
 
 
-def lenet_solver(net_path, prefix, finetune=False):
-    s = caffe_pb2.SolverParameter()
-    s.net = net_path
-    s.test_iter.append(100)
-    s.test_interval = 500
-    s.base_lr = 0.01
-    s.momentum = 0.9
-    s.weight_decay = 5e-4
-    s.lr_policy = 'inv'
-    s.gamma = 1e-4
-    s.power = 0.75
-    s.display = 100
-    s.max_iter = 5000 if finetune else 10000
-    s.snapshot = s.max_iter
-    s.snapshot_prefix = prefix
-    s.random_seed = 0xA907
-    s.solver_mode = caffe_pb2.SolverParameter.CPU
+# Caffe's LeNet schedule (examples/mnist/lenet_solver.prototxt) and the original's MNIST one
+LENET_SOLVER = """test_iter: 100 test_interval: 500 base_lr: 0.01 momentum: 0.9
+    weight_decay: 0.0005 lr_policy: "inv" gamma: 0.0001 power: 0.75 display: 100
+    random_seed: 43271 solver_mode: CPU"""
+RESNET10_SOLVER = """test_iter: 100 base_lr: 0.01 momentum: 0.9 weight_decay: 0.0001
+    lr_policy: "fixed" display: 50 random_seed: 43271 solver_mode: GPU"""
+
+
+def solver(template, net_path, prefix, max_iter, **fields):
+    s = text_format.Parse(template, caffe_pb2.SolverParameter())
+    s.net, s.snapshot_prefix = net_path, prefix
+    s.max_iter = s.snapshot = max_iter
+    for k, v in fields.items():
+        setattr(s, k, v)
     return s
+
+
+def lenet_solver(net_path, prefix, finetune=False):
+    return solver(LENET_SOLVER, net_path, prefix, 5000 if finetune else 10000)
 
 
 def resnet10_solver(net_path, prefix, epochs=25, batch=128):
-    per_epoch = MNIST_TRAIN_IMAGES // batch           # 468 full batches, as drop_last=False ~
-    s = caffe_pb2.SolverParameter()
-    s.net = net_path
-    s.test_iter.append(100)                            # 10,000 test images at batch 100
-    s.test_interval = per_epoch
-    s.base_lr = 0.01
-    s.momentum = 0.9
-    s.weight_decay = 1e-4
-    s.lr_policy = 'fixed'
-    s.display = 50
-    s.max_iter = epochs * per_epoch
-    s.snapshot = s.max_iter
-    s.snapshot_prefix = prefix
-    s.random_seed = 0xA907
-    s.solver_mode = caffe_pb2.SolverParameter.GPU
-    return s
+    # an epoch is 60000 / 128 = 468 full batches (the original's loader adds a 469th of 96);
+    # MultiStepLR's milestones 30/60/90 never trigger in 25 epochs: a fixed rate
+    per_epoch = MNIST_TRAIN_IMAGES // batch
+    return solver(RESNET10_SOLVER, net_path, prefix, epochs * per_epoch,
+                  test_interval=per_epoch)
 
 
 def tag(model, bit, power):

@@ -8,7 +8,9 @@
 * :mod:`.hooks` – attaches them to layers (fake quantization + straight-through gradients);
 * :mod:`.state` – the BlobProto 10–17 fields in .caffemodel files;
 * :mod:`.export` – integer codes and scales to ``.npz``;
-* :mod:`.report` – per-layer bits / distinct values / packed size (``qcaffe compress_report``).
+* :mod:`.report` – per-layer bits / distinct values / packed size (``qcaffe compress_report``);
+* :mod:`.apot` – APoT (compression.md section 3): level sets, weight/input quantizers and
+  their gradients, used by the ``APoTConvolution`` / ``APoTInnerProduct`` layer types.
 
 Submodules are imported on demand (``qcaffe.blob`` needs :mod:`.state` while
 :mod:`.hooks` needs the layer base class).

@@ -55,20 +55,32 @@ def format_report(rows, total_float_bytes=None):
                       'x'.join(map(str, r['shape'])), str(r['distinct']),
                       _fmt_bytes(r['packed_bytes']), _fmt_bytes(r['float_bytes']),
                       '%.1fx' % r['ratio']))
-    widths = [max(len(row[c]) for row in table) for c in range(len(head))]
-    lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-             for row in table]
+    return '\n'.join(_aligned(table) + _size_lines(rows, 'compressed blobs', total_float_bytes,
+                                                   'uncompressed blobs at float32'))
+
+
+def _aligned(table):
+    """Rows of cells as left-aligned text columns."""
+    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+    return ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            for row in table]
+
+
+def _size_lines(rows, what, total_float_bytes, rest):
+    """The packed-vs-float32 total of ``rows`` and, given the model's float32 size, the
+    whole-model line (the blobs not in ``rows`` at float32)."""
+    lines = []
     packed = sum(r['packed_bytes'] for r in rows)
     flt = sum(r['float_bytes'] for r in rows)
     if rows:
-        lines.append('compressed blobs: %s packed vs %s float32 (%.1fx)'
-                     % (_fmt_bytes(packed), _fmt_bytes(flt), flt / float(packed)))
+        lines.append('%s: %s packed vs %s float32 (%.1fx)'
+                     % (what, _fmt_bytes(packed), _fmt_bytes(flt), flt / float(packed)))
     if total_float_bytes is not None:
         model = total_float_bytes - flt + packed
-        lines.append('whole model: %s vs %s float32 (%.1fx; uncompressed blobs at float32)'
+        lines.append('whole model: %s vs %s float32 (%.1fx; %s)'
                      % (_fmt_bytes(model), _fmt_bytes(total_float_bytes),
-                        total_float_bytes / float(max(model, 1))))
-    return '\n'.join(lines)
+                        total_float_bytes / float(max(model, 1)), rest))
+    return lines
 
 
 def net_report(net):
@@ -162,19 +174,8 @@ def format_apot_report(rows, total_float_bytes=None):
         table.append((r['layer'], r['type'], r['rule'], str(r['bits']), alpha(r['alpha_w']),
                       alpha(r['alpha_a']), str(r['distinct']), _fmt_bytes(r['packed_bytes']),
                       _fmt_bytes(r['float_bytes']), '%.1fx' % r['ratio']))
-    widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-    lines = ['  '.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-             for row in table]
-    packed = sum(r['packed_bytes'] for r in rows)
-    flt = sum(r['float_bytes'] for r in rows)
-    lines.append('APoT weights: %s packed vs %s float32 (%.1fx)'
-                 % (_fmt_bytes(packed), _fmt_bytes(flt), flt / float(max(packed, 1))))
-    if total_float_bytes is not None:
-        model = total_float_bytes - flt + packed
-        lines.append('whole model: %s vs %s float32 (%.1fx; other blobs at float32)'
-                     % (_fmt_bytes(model), _fmt_bytes(total_float_bytes),
-                        total_float_bytes / float(max(model, 1))))
-    return '\n'.join(lines)
+    return '\n'.join(_aligned(table) + _size_lines(rows, 'APoT weights', total_float_bytes,
+                                                   'other blobs at float32'))
 
 
 def with_apot(text, rows, total_float_bytes):
