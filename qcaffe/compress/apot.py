@@ -283,12 +283,14 @@ def weight_grads(g, ctx, bit, variant=CIFAR, grad_scale=None):
     if variant == CIFAR:
         return g / ctx.std, grad_alpha
     h = g if bit <= 2 else xp.where(outside, np.float32(0), g)
-    n = ctx.normalized.astype(np.float64)
-    h64 = h.astype(np.float64)
+    n = ctx.normalized
     count = h.size
-    dot = float(xp.sum(h64 * n)) / max(count - 1, 1)
-    grad_w = (h64 - h64.mean() - n * dot) / float(ctx.std)
-    return grad_w.astype(np.float32), grad_alpha
+    mean_h = np.float32(float(xp.sum(h, dtype=np.float64)) / count)
+    dot = np.float32(float(xp.sum(h * n, dtype=np.float64)) / max(count - 1, 1))
+    grad_w = h - mean_h
+    grad_w -= n * dot
+    grad_w /= ctx.std
+    return grad_w, grad_alpha
 
 
 # ------------------------------------------------------------------------------ activations
