@@ -6,7 +6,8 @@
 #   bash examples/mnist/train_lenet_apot.sh [full-precision.caffemodel] [bit widths...]
 #
 # The model defaults to examples/mnist/lenet_iter_10000.caffemodel (train_lenet.sh writes it);
-# bit widths default to "32 4 3 2".  Logs: examples/mnist/<run>.log.
+# bit widths default to "32 4 3 2"; LEVELS="apot" or "uniform" runs one kind of levels only.
+# Logs: examples/mnist/<run>.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 QCAFFE="${QCAFFE:-python3 -m qcaffe}"
@@ -23,7 +24,7 @@ run() {  # run <name> <solver> [--weights model]
 }
 
 for bit in $BITS; do
-  for levels in apot uniform; do
+  for levels in ${LEVELS:-apot uniform}; do
     flags=()
     [ "$levels" = uniform ] && flags=(--uniform)
     [ "$bit" = 32 ] && [ "$levels" = uniform ] && continue
