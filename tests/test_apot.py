@@ -135,6 +135,8 @@ def test_uniform_branch_and_first_last_rule_by_hand():
         np.abs(np.clip(ctx.x, -1, 1)) * 7) / 7).astype(F))
     assert set(np.round(ctx.q * 7, 4).tolist()) <= set(range(-7, 8))
     assert q[3] == 0 and q[4] == F(2 / 7)     # ties to even: 0.5 -> 0, 1.5 -> 2
+    out, ctx = apot.quantize_weights(np.zeros((4, 3), F), 3.0, 4)    # Caffe's default filler
+    assert ctx.std == 1 and not out.any()
     codes, m = apot.first_last_codes(F([-0.5, -0.1, 0.0, 0.1, 0.3]))
     assert m == F(0.3) and codes.tolist() == [-212, -42, 0, 42, 127]   # signed max, no clamp
 

@@ -226,12 +226,14 @@ def weight_stats(w):
     """Mean and *unbiased* standard deviation of the whole tensor (torch ``mean``/``std``),
     in float64 rounded to float32.  torch sums in float32 and can differ by one ulp in the
     mean (apot_ref: 0.0015301886 vs the exact 0.0015301885), never in the quantized
-    values of the reference data."""
+    values of the reference data.  A constant tensor (Caffe's default weight filler is the
+    constant 0) gets std 1 instead of the original's division by zero: its normalised
+    weights are 0."""
     n = w.size
     mu, sd = mean_std(w)
     if n > 1:
         sd *= np.sqrt(n / (n - 1.0))
-    return np.float32(mu), np.float32(sd)
+    return np.float32(mu), np.float32(sd if sd > 0 else 1.0)
 
 
 def quantize_weights(w, alpha, bit, power=True, additive=True):
