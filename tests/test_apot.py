@@ -14,6 +14,7 @@ from google.protobuf import text_format
 
 from shared_data import require_shared
 
+from qcaffe.backend import to_host
 from qcaffe.blob import Blob
 from qcaffe.compress import apot
 from qcaffe.io import ProtoParseError, parse_prototxt_text
@@ -174,7 +175,7 @@ def test_apot_convolution_replays_the_original_quantconv2d(bit):
     lay = layer('conv', bit=bit)
     top, bottom = run_layer(lay, z[k + 'x'], {0: z[k + 'weight']}, z[k + 'grad_out'])
     assert len(lay.blobs) == 3 and lay.blobs[1].data[0] == 3.0 and lay.blobs[2].data[0] == 8.0
-    np.testing.assert_array_equal(lay.own_weight(0), z[k + 'weight_q'])
+    np.testing.assert_array_equal(to_host(lay.own_weight(0)), z[k + 'weight_q'])
     np.testing.assert_array_equal(lay._inputs[0].data, z[k + 'x_q'])
     assert rel_err(top.data, z[k + 'out']) <= 1e-5
     assert rel_err(bottom.diff, z[k + 'grad_x']) <= 1e-5
@@ -207,7 +208,7 @@ def test_first_and_last_layer_replay_the_original():
     top, bottom = run_layer(lay, z['first_conv/x'], {0: z['first_conv/weight']},
                             z['first_conv/grad_out'])
     assert len(lay.blobs) == 1
-    np.testing.assert_array_equal(lay.own_weight(0), z['first_conv/weight_q'])
+    np.testing.assert_array_equal(to_host(lay.own_weight(0)), z['first_conv/weight_q'])
     for key, blob in (('out', top.data), ('grad_x', bottom.diff),
                       ('grad_weight', lay.blobs[0].diff)):
         assert rel_err(blob, z['first_conv/' + key]) <= 1e-5, key
@@ -215,7 +216,7 @@ def test_first_and_last_layer_replay_the_original():
     top, bottom = run_layer(lay, z['last_fc/x'], {0: z['last_fc/weight'],
                                                   1: z['last_fc/bias']}, z['last_fc/grad_out'])
     assert len(lay.blobs) == 2
-    np.testing.assert_array_equal(lay.own_weight(0), z['last_fc/weight_q'])
+    np.testing.assert_array_equal(to_host(lay.own_weight(0)), z['last_fc/weight_q'])
     for key, blob in (('out', top.data), ('grad_x', bottom.diff),
                       ('grad_weight', lay.blobs[0].diff), ('grad_bias', lay.blobs[1].diff)):
         assert rel_err(blob, z['last_fc/' + key]) <= 1e-5, key

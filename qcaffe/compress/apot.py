@@ -345,7 +345,7 @@ def first_last_codes(w):
     Returns ``(codes, m)``; ``codes`` is None when m <= 0 (the original would divide by zero
     or flip signs; qcaffe then leaves the weights unchanged)."""
     xp = get_array_module(w)
-    m = np.float32(xp.max(w)) if w.size else np.float32(0)
+    m = np.float32(float(xp.max(w))) if w.size else np.float32(0)
     if not m > 0:
         return None, m
     return round_half_even(w / m * np.float32(FIRST_LAST_CODES)), m
