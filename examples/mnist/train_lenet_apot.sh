@@ -6,7 +6,8 @@
 #   bash examples/mnist/train_lenet_apot.sh [full-precision.caffemodel] [bit widths...]
 #
 # The model defaults to examples/mnist/lenet_iter_10000.caffemodel (train_lenet.sh writes it);
-# bit widths default to "32 4 3 2"; LEVELS="apot" or "uniform" runs one kind of levels only.
+# bit widths default to "32 4 3 2"; LEVELS="apot" or "uniform" runs one kind of levels only,
+# RUNS="scratch" or "finetune" one kind of start.
 # Logs: examples/mnist/<run>.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,8 +32,10 @@ for bit in $BITS; do
     python3 $EX/apot_netspec.py lenet --bit "$bit" "${flags[@]}" > /dev/null
     tag=$(python3 -c "import sys; sys.path.insert(0, '$EX'); import apot_netspec as a; \
 print(a.tag('lenet', $bit, '$levels' == 'apot'))")
-    run "$tag" "$EX/${tag}_solver.prototxt"
-    if [ "$bit" != 32 ]; then
+    if [[ " ${RUNS:-scratch finetune} " == *" scratch "* ]]; then
+      run "$tag" "$EX/${tag}_solver.prototxt"
+    fi
+    if [ "$bit" != 32 ] && [[ " ${RUNS:-scratch finetune} " == *" finetune "* ]]; then
       python3 $EX/apot_netspec.py lenet --bit "$bit" "${flags[@]}" --finetune > /dev/null
       run "${tag}_finetune" "$EX/${tag}_finetune_solver.prototxt" --weights "$FP_MODEL"
     fi
