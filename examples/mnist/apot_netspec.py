@@ -87,7 +87,7 @@ def lenet(phase, bit, power=True, batch=None):
 def resnet10(phase, bit, power=True, batch=None):
     n = net_spec.NetSpec()
     train = phase == caffe_pb2.TRAIN
-    n.data, n.label = L.Data(batch_size=batch or 128, backend=P.Data.LMDB,
+    n.data, n.label = L.Data(batch_size=batch or (128 if train else 100), backend=P.Data.LMDB,
                              source=TRAIN_LMDB if train else TEST_LMDB,
                              transform_param=dict(mean_value=[0.131 * 255],
                                                   scale=1 / (0.308 * 255), mirror=train),
