@@ -621,3 +621,23 @@ def test_resnet10_example_builds_and_trains_forward_backward():
     assert np.isfinite(loss)
     for l in quantized:      # weights, α_w and α_a all get gradients
         assert l.blobs[0].diff.any() and l.blobs[1].diff.any() and l.blobs[2].diff.any()
+
+
+def test_report_of_a_full_precision_model_with_an_apot_prototxt(tmp_path, capsys):
+    """--model gives the APoT settings; thresholds not in the file count at their start."""
+    from qcaffe.cli import main
+    fp = net_param()
+    for lay in fp.layer:
+        if lay.type.startswith('APoT'):
+            lay.type = lay.type[len('APoT'):]
+            lay.ClearField('apot_param')
+            del lay.param[2:]
+    weights = str(tmp_path / 'fp.caffemodel')
+    Net.from_param(fp, phase=caffe_pb2.TEST).save(weights)
+    model = tmp_path / 'apot.prototxt'
+    model.write_text(NET % dict(bit=3, extra='variant: IMAGENET'))
+    assert main(['compress_report', '--weights', weights, '--model', str(model)]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith('conv ')][0]
+    assert line.split()[1:6] == ['APoTConvolution', 'APoT', '3', '3', '6']
+    assert main(['compress_report', '--weights', weights]) == 1      # nothing compressed
+    assert 'nothing to report' in capsys.readouterr().err

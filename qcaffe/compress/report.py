@@ -156,7 +156,7 @@ def apot_rows(weights_param, model_param=None):
             bits, distinct, rule = 32, np.unique(w).size, 'full precision'
         count = int(w.size)
         packed = (count * bits + 7) // 8 + 4 * scalars
-        rows.append(dict(layer=lp.name, type=lp.type, rule=rule, bits=bits, alpha_w=alphas[0],
+        rows.append(dict(layer=lp.name, type=sp.type, rule=rule, bits=bits, alpha_w=alphas[0],
                          alpha_a=alphas[1], count=count, distinct=int(distinct),
                          packed_bytes=packed, float_bytes=4 * count,
                          ratio=4.0 * count / packed))
