@@ -79,7 +79,7 @@ def lenet(phase, bit, power=True, batch=None):
         num_output=10, weight_filler=xavier), **apot(bit, first_last=True))
     n.loss = L.SoftmaxWithLoss(n.ip2, n.label)
     if not train:
-        n.accuracy = L.Accuracy(n.ip2, n.label)
+        n.accuracy = L.Accuracy(n.ip2, n.label, include=dict(phase=phase))
     return n.to_proto()
 
 
@@ -125,7 +125,7 @@ def resnet10(phase, bit, power=True, batch=None):
         num_output=10, weight_filler=dict(type='xavier')), **apot(bit, first_last=True))
     n.loss = L.SoftmaxWithLoss(n.fc, n.label)
     if not train:
-        n.accuracy = L.Accuracy(n.fc, n.label)
+        n.accuracy = L.Accuracy(n.fc, n.label, include=dict(phase=phase))
     return n.to_proto()
 
 
