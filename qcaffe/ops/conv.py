@@ -96,15 +96,31 @@ class ConvPlan(object):
             buf = bufs[key] = xp.empty(shape, dtype=np.float32)
         return buf
 
+    def _unrolled(self, buf):
+        """The im2col part of column buffer ``buf`` (m, *per-image shape) as (m, C, *k, *o)
+        (channels-first) or (m, *o, *k, C) (channels-last): a view, written by one copy."""
+        geom, c = self.geom, self.channels
+        ck = c * geom.kernel_count
+        if self.layout == 'nhwc':
+            return split_axes(buf[:, :, :ck], [len(buf), geom.out_shape, geom.kernel + (c,)])
+        return split_axes(buf[:, :ck], [len(buf), (c,) + geom.kernel, geom.out_shape])
+
     def _column_buffers(self, i, xp):
-        """``columns(s, e)``: the column buffer of images [s, e), (e-s, *per-image shape).
-        Kept columns are slices of one whole-batch buffer per bottom ``i`` (made here, before
-        any thread runs); otherwise each thread unrolls into a buffer of its own."""
+        """``columns(s, e)``: ``(buffer, unrolled)`` of images [s, e): the column buffer
+        (e-s, *per-image shape) and its :meth:`_unrolled` view.  Kept columns are slices of
+        one whole-batch buffer per bottom ``i`` and of its view, both made here, before any
+        thread runs (a strided view costs ~15 us of Python, held under the GIL: not once per
+        chunk); otherwise each thread unrolls into a buffer of its own."""
         shape = self._col_rows()
         if self.keep_cols:
             whole = self.geom.buffer(('col', i), (self.num,) + shape, xp)
-            return lambda s, e: whole[s:e]
-        return lambda s, e: self._scratch('cols', (e - s,) + shape, xp)
+            unrolled = self.geom.view(('unrolled', i), whole, self._unrolled)
+            return lambda s, e: (whole[s:e], unrolled[s:e])
+
+        def own(s, e):
+            buf = self._scratch('cols', (e - s,) + shape, xp)
+            return buf, self._unrolled(buf)
+        return own
 
     def gemm_weights(self, w, b):
         """The weight matrix of this layout: channels-first (G, O/G, C/G*K [+1]), channels-last
@@ -159,8 +175,7 @@ class ConvPlan(object):
         columns = self._column_buffers(i, xp)
 
         def work(k, s, e):
-            buf = columns(s, e)                                       # (m, CK [+1], P)
-            cols = split_axes(buf[:, :ck], [e - s, (c,) + geom.kernel, geom.out_shape])
+            buf, cols = columns(s, e)                                 # (m, CK [+1], P)
             xp.copyto(cols, windows[s:e])
             if self.fold_bias:
                 buf[:, ck] = 1.0
@@ -183,9 +198,8 @@ class ConvPlan(object):
 
         def work(k, s, e):
             xp.copyto(inner[s:e], x[s:e].transpose(order))
-            buf = columns(s, e)                                       # (m, P, KC [+1])
-            xp.copyto(split_axes(buf[:, :, :ck], [e - s, geom.out_shape, geom.kernel + (c,)]),
-                      windows[s:e])
+            buf, cols = columns(s, e)                                 # (m, P, KC [+1])
+            xp.copyto(cols, windows[s:e])
             if self.fold_bias:
                 buf[:, :, ck] = 1.0
             rows = ym[s * p:e * p]
@@ -231,7 +245,7 @@ class ConvPlan(object):
             return lambda s, e: x[s:e].reshape(e - s, self.channels, -1)
         columns = self._column_buffers(i, xp)
         if self.keep_cols:
-            return columns
+            return lambda s, e: columns(s, e)[0]
         geom, c = self.geom, self.channels
         ck = c * geom.kernel_count
         if self.layout == 'nhwc':
@@ -244,12 +258,9 @@ class ConvPlan(object):
             windows = window_view(padded(x, geom, 0.0), geom)
 
         def rebuilt(s, e):
-            buf = columns(s, e)
+            buf, cols = columns(s, e)
             if self.layout == 'nhwc':
                 xp.copyto(inner[s:e], x[s:e].transpose(order))
-                cols = split_axes(buf[:, :, :ck], [e - s, geom.out_shape, geom.kernel + (c,)])
-            else:
-                cols = split_axes(buf[:, :ck], [e - s, (c,) + geom.kernel, geom.out_shape])
             xp.copyto(cols, windows[s:e])
             if self.fold_bias:      # the ones row (nchw) or column (nhwc) of the bias
                 buf[(slice(None),) * (2 if self.layout == 'nhwc' else 1) + (ck,)] = 1.0
