@@ -525,6 +525,12 @@ class Net(object):
                         return i, [], self.blob_names[t]
         return None
 
+    def set_current_iter(self, it):
+        """The DNS/INQ fork's ``Net::set_current_iter_num``: every layer learns the solver's
+        iteration (DNS surgery probability, INQ's first step)."""
+        for layer in self.layers:
+            layer.current_iter = it
+
     def clear_param_diffs(self):
         """Caffe: ``ClearParamDiffs``: zero the diffs of the learnable params."""
         for p in self.learnable_params:

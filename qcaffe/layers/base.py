@@ -15,7 +15,11 @@ Seams for compression (architecture.md), all called by ``Layer`` itself:
   ``forward_impl`` and to compress the tops after it (``activations_compress``);
 * ``extra_state()`` / ``load_extra_state()`` carry layer state that is not a blob through
   snapshots;
-* ``param_update_mask(i)`` lets a layer freeze entries of blob ``i`` for the solver.
+* ``param_update_mask(i)`` lets a layer freeze entries of blob ``i`` for the solver;
+* ``current_iter`` is the solver's iteration, set before every training step (the DNS/INQ
+  fork's ``Layer::iter_``, ``Net::set_current_iter_num``);
+* ``required_blob_count()`` lets a weights file give only a layer's leading blobs (a plain
+  model's W, b loaded into a DNS/INQ layer whose masks keep their filler values).
 """
 import difflib
 
@@ -98,6 +102,7 @@ class Layer(object):
         self.param_propagate_down = []
         self.loss_weights = []
         self._last_bottom_shapes = None
+        self.current_iter = 0   # the solver's iteration (Net.set_current_iter)
         # μL2Q: this layer's weights_compress / activations_compress (often none)
         self.compression = LayerCompression(self)
 
@@ -233,7 +238,8 @@ class Layer(object):
     def required_blob_count(self):
         """How many leading blobs a binary weights file must give this layer (Caffe: all of
         them).  A layer whose trailing blobs keep useful initial values may ask for fewer
-        (APoT's clipping thresholds when fine-tuning from a full-precision model)."""
+        (APoT's clipping thresholds when fine-tuning from a full-precision model, the masks
+        of DNS/INQ layers loaded from a plain W, b model)."""
         return len(self.blobs)
 
     def extra_state(self):

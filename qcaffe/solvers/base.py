@@ -413,6 +413,7 @@ class Solver(object):
             display = p.display and self.iter % p.display == 0
             if self._debug is not None:
                 self._debug.active = bool(display)
+            net.set_current_iter(self.iter)     # the DNS/INQ fork's set_current_iter_num
             loss = 0.0
             for _ in range(iter_size):
                 loss += net.forward_backward()
