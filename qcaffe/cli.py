@@ -34,6 +34,14 @@ COMMANDS = {
                         'export integer codes + scales of compressed weights to .npz'),
     'labelfree': ('qcaffe.tools.labelfree',
                   'label-free compression: low-bit weights and activations from unlabeled images'),
+    # the DNS/INQ fork's compression_scripts (compression.md 2(e))
+    'dns_to_normal': ('qcaffe.tools.compress_convert',
+                      'DNS-pruned model -> normal model (pruned weights 0), with statistics'),
+    'model2INQ_raw': ('qcaffe.tools.compress_convert',
+                      'normal or DNS model -> INQ raw model (masks carried over or 1)'),
+    'inq_to_normal': ('qcaffe.tools.compress_convert',
+                      'INQ raw model -> normal model (masks dropped)'),
+    'parse_model': ('qcaffe.tools.parse_model', 'write a .caffemodel as protobuf text'),
 }
 
 

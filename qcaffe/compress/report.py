@@ -1,5 +1,8 @@
 """``qcaffe compress_report``: what a compressed model really costs, per layer.
 
+Pruned (DNS) and power-of-two (INQ) models get their own table: kept/total, sparsity, bits
+and the size stored sparse (:mod:`.sparsity`).
+
 For every blob with ``weights_compress``: method, bit width, the number of distinct values
 actually present, and the size of the weights packed at their bit width (plus their float32
 scale scalars) against float32.  Blobs without a method count at float32 in the totals.
@@ -91,20 +94,28 @@ def net_report(net):
                      total)
 
 
-def file_report(weights, model=None):
-    """The report of a .caffemodel (methods from ``model`` or the file) as text."""
+def file_report(weights, model=None, index_bits=4):
+    """The report of a .caffemodel (methods from ``model`` or the file) as text: the μL2Q
+    table, the APoT one and/or the pruning / INQ one (:mod:`.sparsity`)."""
     from ..io import read_net_param
+    from . import sparsity
     entries = from_files(weights, model)
     wparam = read_net_param(weights)
     apot = apot_rows(wparam, read_net_param(model) if model else None)
-    if not entries and not apot:
-        raise ExportError('no layer of %s has weights_compress or is an APoT layer%s: nothing '
-                          'to report' % (weights, ' in ' + model if model else ''))
     total = 0
     for lp in wparam.layer:
         for bp in lp.blobs:
             total += 4 * (len(bp.data) or len(bp.double_data))
-    return with_apot(format_report(rows_for(entries), total) if entries else '', apot, total)
+    text = with_apot(format_report(rows_for(entries), total) if entries else '', apot, total)
+    sections = [text] if text else []
+    pruned = sparsity.report(*sparsity.layers_from_files(weights, model), index_bits=index_bits)
+    if pruned:
+        sections.append(pruned)
+    if not sections:
+        raise ExportError('no layer of %s has weights_compress, is an APoT layer, or has DNS/INQ '
+                          'masks, pruned (zero) or power-of-two weights%s: nothing to report'
+                          % (weights, ' in ' + model if model else ''))
+    return '\n\n'.join(sections)
 
 
 # ---------------------------------------------------------------------------- APoT layers
@@ -195,6 +206,8 @@ def build_parser(prog):
     p.add_flag('weights', default='', help='The trained .caffemodel.')
     p.add_flag('model', default='', help='Optional prototxt whose weights_compress settings '
                'apply (default: those saved in the caffemodel).')
+    p.add_flag('index_bits', type=int, default=4, help='Bits of the relative index of pruned '
+               'layers stored sparse (the DNS/INQ fork uses 4).')
     return p
 
 
@@ -204,7 +217,9 @@ def run(args):
     require_file(args.weights, 'weights file (--weights)')
     if args.model:
         require_file(args.model, 'model definition (--model)')
-    print(file_report(args.weights, args.model or None))
+    if not 1 <= args.index_bits <= 32:
+        raise ExportError('--index_bits must be 1..32, got %d' % args.index_bits)
+    print(file_report(args.weights, args.model or None, args.index_bits))
     return 0
 
 

@@ -200,6 +200,9 @@ def parse_binary_proto(data, message, path='<bytes>'):
                     '.h5 name or HDF5 detection those functions do.')
         raise ModelFileError('%s is %s, not a binary %s.%s'
                              % (display_path(path), sniffed.description, expected, hint))
+    if name == 'caffe.NetParameter':
+        from .nk_fields import renumber_nk_fields
+        data = renumber_nk_fields(data)    # DNS/INQ fork's layer parameters (§0.2)
     try:
         message.ParseFromString(data)
     except DecodeError:

@@ -116,12 +116,14 @@ class DNSSurgery(MaskedWeights):
 @register_layer('DNSConvolution')
 class DNSConvolutionLayer(DNSSurgery, ConvolutionLayer):
     """NK: DNSConvolutionLayer (``convolution_param`` + ``dns_convolution_param``)."""
+    type = 'DNSConvolution'
     compress_field = 'dns_convolution_param'
 
 
 @register_layer('DNSInnerProduct')
 class DNSInnerProductLayer(DNSSurgery, InnerProductLayer):
     """NK: DNSInnerProductLayer (``inner_product_param`` + ``dns_inner_product_param``)."""
+    type = 'DNSInnerProduct'
     compress_field = 'dns_inner_product_param'
 
 

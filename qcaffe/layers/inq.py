@@ -98,10 +98,12 @@ class INQSteps(MaskedWeights):
 @register_layer('INQConvolution')
 class INQConvolutionLayer(INQSteps, ConvolutionLayer):
     """NK: INQConvolutionLayer (``convolution_param`` + ``inq_convolution_param``)."""
+    type = 'INQConvolution'
     compress_field = 'inq_convolution_param'
 
 
 @register_layer('INQInnerProduct')
 class INQInnerProductLayer(INQSteps, InnerProductLayer):
     """NK: INQInnerProductLayer (``inner_product_param`` + ``inq_inner_product_param``)."""
+    type = 'INQInnerProduct'
     compress_field = 'inq_inner_product_param'
