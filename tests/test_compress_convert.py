@@ -190,10 +190,13 @@ def test_fork_field_numbers_are_moved_on_read(tmp_path):
     ours = net.SerializeToString()
     assert renumber_nk_fields(ours) is ours
     assert renumber_nk_fields(raw) != raw
-    # plain layers keep their fields 147-152 (swish_param is BVLC's 147)
-    swish = caffe_pb2.NetParameter()
-    text_format.Merge('layer { name: "s" type: "Swish" swish_param { beta: 2 } }', swish)
-    data = swish.SerializeToString()
+    # plain layers keep their fields 147-152 (swish_param is BVLC's 147), and so does a
+    # qcaffe INQ layer that also has a μL2Q weights_compress (149)
+    other = caffe_pb2.NetParameter()
+    text_format.Merge('layer { name: "s" type: "Swish" swish_param { beta: 2 } } '
+                      'layer { name: "q" type: "INQConvolution" weights_compress: "ULQ" '
+                      'inq_convolution_param { portion: 0 portion: 0.5 } }', other)
+    data = other.SerializeToString()
     assert renumber_nk_fields(data) is data
 
 

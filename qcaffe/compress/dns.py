@@ -29,7 +29,7 @@ def _sequential_sum(v):
     xp = get_array_module(v)
     if v.size == 0:
         return f32(0)
-    return f32(xp.cumsum(v, dtype=xp.float32)[-1])
+    return f32(float(xp.cumsum(v, dtype=xp.float32)[-1]))
 
 
 def statistics(pairs):

@@ -6,39 +6,22 @@ other fields (``swish_param``, ``clip_param``, ``weights_compress``...); qcaffe 
 names and moves them to 153-158 (compression.md §0.2).  A LayerParameter of the fork parsed
 as it is would put a DNS layer's parameters into ``swish_param`` and an INQ layer's into
 ``weights_compress`` (then read as a μL2Q method).  So before a binary NetParameter is
-parsed, the fields 147-152 of layers whose type is one of the fork's six are renumbered to
-153-158, on the wire.  Other layers are left alone, and files without such layers are
-returned unchanged (the common case costs one pass over the layer headers).
+parsed, a layer of one of the fork's six types that holds its own type's message at the
+fork's number (DNSConvolution: 147, ..., CInnerProduct: 152) and not at qcaffe's gets it
+renumbered, on the wire.  Everything else -- other fields, other layers, files written by
+qcaffe (a DNS layer with a μL2Q ``weights_compress`` at 149 included) -- is left alone, and a
+file without such layers is returned unchanged (one pass over the layer headers).
 """
-NK_TYPES = (b'DNSConvolution', b'DNSInnerProduct', b'INQConvolution', b'INQInnerProduct',
-            b'CConvolution', b'CInnerProduct')
-_RENUMBER = {147 + k: 153 + k for k in range(6)}
+from .binary import _read_varint
+from .blobproto import varint
+
+# layer type -> (the fork's number of its parameter message, qcaffe's number)
+NK_FIELDS = {b'DNSConvolution': (147, 153), b'DNSInnerProduct': (148, 154),
+             b'INQConvolution': (149, 155), b'INQInnerProduct': (150, 156),
+             b'CConvolution': (151, 157), b'CInnerProduct': (152, 158)}
 _NET_LAYER = 100          # NetParameter.layer
 _LAYER_TYPE = 2           # LayerParameter.type
 _LENGTH_DELIMITED = 2
-
-
-def _varint(data, pos):
-    value = shift = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _encode_varint(value):
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 def _fields(data):
@@ -46,16 +29,20 @@ def _fields(data):
     pos, n = 0, len(data)
     while pos < n:
         start = pos
-        tag, pos = _varint(data, pos)
+        tag, pos = _read_varint(data, pos, n)
+        if tag is None:
+            raise ValueError('truncated tag')
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            _, end = _varint(data, pos)
+            _, end = _read_varint(data, pos, n)
         elif wire == 1:
             end = pos + 8
         elif wire == 5:
             end = pos + 4
         elif wire == _LENGTH_DELIMITED:
-            length, pos = _varint(data, pos)
+            length, pos = _read_varint(data, pos, n)
+            if length is None:
+                raise ValueError('truncated length')
             end = pos + length
         else:
             raise ValueError('unsupported wire type %d' % wire)
@@ -69,15 +56,17 @@ def _renumber_layer(layer):
     """The layer's bytes with NK's fields renumbered, or None when there is nothing to do."""
     fields = list(_fields(layer))
     types = [bytes(layer[p:e]) for num, w, _, p, e in fields if num == _LAYER_TYPE]
-    if not types or types[-1] not in NK_TYPES:
+    if not types or types[-1] not in NK_FIELDS:
         return None
-    if not any(num in _RENUMBER and w == _LENGTH_DELIMITED for num, w, _, _, _ in fields):
+    old, new = NK_FIELDS[types[-1]]
+    numbers = {num for num, w, _, _, _ in fields if w == _LENGTH_DELIMITED}
+    if old not in numbers or new in numbers:      # not the fork's, or already qcaffe's
         return None
     out = bytearray()
     for num, wire, start, pos, end in fields:
-        if num in _RENUMBER and wire == _LENGTH_DELIMITED:
-            out += _encode_varint(_RENUMBER[num] << 3 | _LENGTH_DELIMITED)
-            out += _encode_varint(end - pos)
+        if num == old and wire == _LENGTH_DELIMITED:
+            out += varint(new << 3 | _LENGTH_DELIMITED)
+            out += varint(end - pos)
             out += layer[pos:end]
         else:
             out += layer[start:end]
@@ -106,8 +95,8 @@ def renumber_nk_fields(data):
     out = bytearray()
     for num, wire, start, pos, end in fields:
         if start in layers:
-            out += _encode_varint(_NET_LAYER << 3 | _LENGTH_DELIMITED)
-            out += _encode_varint(len(layers[start]))
+            out += varint(_NET_LAYER << 3 | _LENGTH_DELIMITED)
+            out += varint(len(layers[start]))
             out += layers[start]
         else:
             out += view[start:end]

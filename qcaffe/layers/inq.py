@@ -79,7 +79,7 @@ class INQSteps(MaskedWeights):
                 log.info('%s (%s) %s: Max_power %d, Min_power %d; portions %g -> %g: %d '
                          'more fixed, %d of %d fixed', self.name, self.type, BLOB_NAMES[i],
                          n1, n2, self.portions[0], self.portions[1], done,
-                         mask.size - int(np.count_nonzero(mask == 1)), mask.size)
+                         mask.size - int((mask == 1).sum()), mask.size)
         self.quantized = True
 
     def param_update_mask(self, i):
