@@ -17,7 +17,7 @@ from qcaffe.net import Net
 from qcaffe.proto import caffe_pb2
 from qcaffe.solvers import create_solver
 from qcaffe.testing import check_gradient, make_layer
-from test_solvers import assert_resume_is_exact, params_of
+from test_solvers import assert_resume_is_exact, qlog  # noqa: F401  (fixture)
 
 f32 = np.float32
 
@@ -497,7 +497,7 @@ def test_resume_is_bit_exact(tmp_path, kind):
         assert b.quantized
 
 
-def test_restored_statistics_are_not_recomputed(tmp_path, caplog):
+def test_restored_statistics_are_not_recomputed(tmp_path, qlog):
     s = solver(tmp_path, 'DNS')
     s.step(2)
     state = s.snapshot()
@@ -505,16 +505,15 @@ def test_restored_statistics_are_not_recomputed(tmp_path, caplog):
     r.restore(state)
     conv = r.net.layers[r.net.layer_index('conv')]
     assert conv.stats_done and conv.mu == s.net.layers[s.net.layer_index('conv')].mu
-    with caplog.at_level('WARNING', logger='qcaffe'):
-        r.step(1)
-    assert 'statistics taken at iteration' not in caplog.text
+    r.step(1)
+    assert not any('statistics taken at iteration' in rec.getMessage() for rec in qlog.records)
     # without the layer state (e.g. a solverstate written by the fork): computed, with a warning
     os.remove(state + '.layers.npz')
     r2 = solver(tmp_path, 'DNS', prefix='r2')
     r2.restore(state)
-    with caplog.at_level('WARNING', logger='qcaffe'):
-        r2.step(1)
-    assert 'DNS statistics taken at iteration 2' in caplog.text
+    r2.step(1)
+    assert any('DNS statistics taken at iteration 2' in rec.getMessage()
+               for rec in qlog.records if rec.levelname == 'WARNING')
 
 
 def test_plain_model_loads_into_masked_layers_and_test_nets_share_masks(tmp_path):
@@ -542,3 +541,28 @@ def test_plain_model_loads_into_masked_layers_and_test_nets_share_masks(tmp_path
     del saved.layer[net.layer_index('conv')].blobs[1:]
     with pytest.raises(QcaffeError, match="Incompatible number of blobs for layer 'conv'"):
         net.copy_trained_layers_from_param(saved)
+
+
+def test_cupy_twin_equality():
+    if not backend.gpu_available():
+        pytest.skip('no GPU / cupy')
+    cp = backend.cupy_module()
+    rs = np.random.RandomState(0)
+    w = (rs.randn(3000) * 0.1).astype(f32)
+    m = (rs.rand(3000) > 0.3).astype(f32)
+    mu, sigma, n = dns.statistics([(w, m)])
+    gmu, gsigma, gn = dns.statistics([(cp.asarray(w), cp.asarray(m))])
+    assert gn == n and gmu == pytest.approx(mu, rel=1e-6) and gsigma == pytest.approx(sigma,
+                                                                                        rel=1e-5)
+    gm = cp.asarray(m)
+    dns.surgery(cp.asarray(w), gm, dns.threshold(mu, sigma, 1), 0.95, 1.05)
+    dns.surgery(w, m, dns.threshold(mu, sigma, 1), 0.95, 1.05)
+    np.testing.assert_array_equal(cp.asnumpy(gm), m)
+    m = np.ones(3000, f32)
+    gw, gm = cp.asarray(w), cp.asarray(m)
+    n1, n2 = inq.quantum_range(w, m, 7)
+    assert inq.quantum_range(gw, gm, 7) == (n1, n2)
+    assert inq.shape_into_two_power(gw, gm, (0, 0.6), n1, n2) == inq.shape_into_two_power(
+        w, m, (0, 0.6), n1, n2)
+    np.testing.assert_array_equal(cp.asnumpy(gw), w)
+    np.testing.assert_array_equal(cp.asnumpy(gm), m)

@@ -12,6 +12,14 @@
 * :mod:`.apot` – APoT (compression.md section 3): level sets, weight/input quantizers and
   their gradients, used by the ``APoTConvolution`` / ``APoTInnerProduct`` layer types.
 
+DNS / INQ (compression.md section 2; the layers are in :mod:`qcaffe.layers.dns` and
+:mod:`qcaffe.layers.inq`):
+
+* :mod:`.dns` – DNS statistics, threshold, surgery as pure functions;
+* :mod:`.inq` – INQ exponent range, partition and power-of-two rounding;
+* :mod:`.convert` – the fork's dns_to_normal / model2INQ_raw / inq_to_normal conversions;
+* :mod:`.sparsity` – kept / total, INQ bits and the size stored sparse (compress_report).
+
 Submodules are imported on demand (``qcaffe.blob`` needs :mod:`.state` while
 :mod:`.hooks` needs the layer base class).
 """
