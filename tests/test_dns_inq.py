@@ -566,3 +566,12 @@ def test_cupy_twin_equality():
         w, m, (0, 0.6), n1, n2)
     np.testing.assert_array_equal(cp.asnumpy(gw), w)
     np.testing.assert_array_equal(cp.asnumpy(gm), m)
+
+
+def test_trust_coef_of_the_forks_lars_example_is_rejected_with_the_right_name(tmp_path):
+    from qcaffe.io import read_solver_param
+    path = tmp_path / 'lars.prototxt'
+    path.write_text('type: "LarsSGD"\ntrust_coef: 0.1\n')
+    with pytest.raises(QcaffeError, match=r'lars.prototxt:2:1: .*no field named "trust_coef".*'
+                       r'trust coefficient is local_gw_ratio'):
+        read_solver_param(str(path))

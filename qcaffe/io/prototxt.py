@@ -52,6 +52,13 @@ def _enum_choices(detail, message):
     return ' Valid choices: %s.' % ', '.join(v.name for v in enum.values)
 
 
+# Fields that published prototxts use but no proto defines: what to write instead.
+_FIELD_HINTS = {
+    'trust_coef': "the DNS/INQ fork's LarsSGD example uses it, but its proto never defined "
+                  "it; LarsSGD's trust coefficient is local_gw_ratio",
+}
+
+
 def _parse_error(error, text, message, path):
     line, column = error.GetLine(), error.GetColumn()
     detail = str(error)
@@ -67,6 +74,9 @@ def _parse_error(error, text, message, path):
             if detail.startswith(quoted):
                 detail = detail[len(quoted):]
     detail += _enum_choices(detail, message)
+    for field, hint in _FIELD_HINTS.items():
+        if 'no field named "%s"' % field in detail:
+            detail += ' (%s)' % hint
     where = path if line is None else '%s:%d:%d' % (path, line, column)
     # "file:line:column: ..." is the compiler convention editors and terminals link to.
     msg = ('%s: error parsing text-format %s: %s%s'
