@@ -10,7 +10,8 @@ fork's lenet_compression_demo.py as one script (kai-xie/Neural-Network-Model-Com
 
 Every stage is an ordinary ``qcaffe`` command on the fork's own prototxts and solvers (only
 max_iter, snapshot and snapshot_prefix are changed, in a copy under --out); its log goes to
-<out>/<stage>.log.  A stage whose model exists is skipped, so an interrupted run continues.
+<out>/<stage>.log.  A stage whose model exists is skipped and an interrupted stage resumes
+from its last snapshot, so a stopped run continues where it was (with the same result).
 At the end the script prints, and writes to <out>/summary.md, the test accuracy, the kept
 fraction of weights and biases, the compression rate and the wall time of each stage.
 
@@ -36,14 +37,16 @@ INQ_STEPS = (30, 60, 80, 90, 100)
 
 
 def qcaffe(out, stage, *args):
-    """Run ``qcaffe <args>`` with its output in <out>/<stage>.log; returns (log text, s)."""
+    """Run ``qcaffe <args>`` with its output added to <out>/<stage>.log; returns (its log
+    text, seconds)."""
     log = os.path.join(out, stage + '.log')
+    size = os.path.getsize(log) if os.path.exists(log) else 0
     start = time.time()
-    with open(log, 'w') as f:
+    with open(log, 'a') as f:
         status = subprocess.call([sys.executable, '-m', 'qcaffe'] + list(args), cwd=REPO,
                                  stdout=f, stderr=subprocess.STDOUT)
     seconds = time.time() - start
-    text = open(log).read()
+    text = open(log).read()[size:]
     if status:
         sys.exit('stage %s failed (exit status %d); see %s' % (stage, status, log))
     return text, seconds
@@ -54,7 +57,7 @@ def train(out, stage, solver, weights, iters, seed, snapshot=None):
     model = os.path.join(out, '%s_iter_%d.caffemodel' % (stage, iters))
     if os.path.exists(model):
         print('%-8s %s exists, skipped' % (stage, model))
-        return model, None
+        return model, None, 0
     param = read_solver_param(os.path.join(REPO, MNIST + solver))
     param.max_iter = iters
     param.snapshot = min(snapshot or iters, iters)
@@ -66,8 +69,14 @@ def train(out, stage, solver, weights, iters, seed, snapshot=None):
     path = os.path.join(out, stage + '_solver.prototxt')
     write_prototxt(path, param)
     args = ['train', '--solver', path] + (['--weights', weights] if weights else [])
+    done = [int(m.group(1)) for m in map(re.compile(re.escape(stage) + r'_iter_(\d+)\.'
+                                                    r'solverstate$').match, os.listdir(out))
+            if m and int(m.group(1)) < iters]
+    if done:        # an interrupted stage continues from its last snapshot (bit-exact)
+        args = ['train', '--solver', path, '--snapshot',
+                os.path.join(out, '%s_iter_%d.solverstate' % (stage, max(done)))]
     _, seconds = qcaffe(out, stage, *args)
-    return model, seconds
+    return model, seconds, max(done or [0])
 
 
 def last_accuracy(out, stage):
@@ -98,34 +107,35 @@ def main():
     a = p.parse_args()
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
-    rows = []           # (stage, accuracy, kept, total, seconds)
+    rows = []           # (stage, accuracy, kept, total, wall time)
 
-    def record(stage, model, prototxt, seconds, accuracy=None):
+    def record(stage, model, prototxt, seconds, since=0):
         k, t = kept(model, prototxt)
-        acc = last_accuracy(out, stage) if accuracy is None else accuracy
-        rows.append((stage, acc, k, t, seconds))
+        acc = last_accuracy(out, stage)
+        wall = ('-' if seconds is None else '%.0f s' % seconds +
+                (' (from iteration %d)' % since if since else ''))
+        rows.append((stage, acc, k, t, wall))
         print('%-8s accuracy %.4f  kept %d/%d (%.3f %%, %.1fx)  %s' % (
-            stage, acc, k, t, 100.0 * k / t, t / float(k),
-            '-' if seconds is None else '%.0f s' % seconds))
+            stage, acc, k, t, 100.0 * k / t, t / float(k), wall))
 
     ref = a.ref
     if not os.path.exists(ref):
-        ref, seconds = train(out, 'lenet', 'lenet_solver.prototxt', None, 10000, a.seed)
-        record('lenet', ref, 'lenet_train_test.prototxt', seconds)
+        ref, seconds, since = train(out, 'lenet', 'lenet_solver.prototxt', None, 10000, a.seed)
+        record('lenet', ref, 'lenet_train_test.prototxt', seconds, since)
     else:
         print('reference LeNet: %s' % ref)
-    dns, seconds = train(out, 'dns', 'lenet_solver_DNS.prototxt', ref, a.dns_iters, a.seed,
-                         a.dns_snapshot)
-    record('dns', dns, 'lenet_train_test_DNS.prototxt', seconds)
+    dns, seconds, since = train(out, 'dns', 'lenet_solver_DNS.prototxt', ref, a.dns_iters,
+                                a.seed, a.dns_snapshot)
+    record('dns', dns, 'lenet_train_test_DNS.prototxt', seconds, since)
     weights = os.path.join(out, 'inq_raw.caffemodel')
     if not os.path.exists(weights):
         qcaffe(out, 'model2INQ_raw', 'model2INQ_raw', MNIST + 'lenet_train_test_DNS.prototxt',
                dns, MNIST + 'lenet_train_test_inq_30.prototxt', weights)
     for step in INQ_STEPS:
         stage = 'inq_%d' % step
-        weights, seconds = train(out, stage, 'lenet_solver_inq_%d.prototxt' % step, weights,
-                                 1 if step == 100 else a.inq_iters, a.seed)
-        record(stage, weights, 'lenet_train_test_inq_%d.prototxt' % step, seconds)
+        weights, seconds, since = train(out, stage, 'lenet_solver_inq_%d.prototxt' % step,
+                                        weights, 1 if step == 100 else a.inq_iters, a.seed)
+        record(stage, weights, 'lenet_train_test_inq_%d.prototxt' % step, seconds, since)
     final = os.path.join(out, 'lenet_dns_inq.caffemodel')
     qcaffe(out, 'inq_to_normal', 'inq_to_normal', MNIST + 'lenet_train_test_inq_100.prototxt',
            weights, MNIST + 'lenet_train_test.prototxt', final)
@@ -137,10 +147,9 @@ def main():
 
     lines = ['| stage | test accuracy | kept weights+biases | compression | wall time |',
              '|---|---|---|---|---|']
-    for stage, acc, k, t, seconds in rows:
+    for stage, acc, k, t, wall in rows:
         lines.append('| %s | %.2f %% | %d/%d (%.3f %%) | %.1fx | %s |' % (
-            stage, 100 * acc, k, t, 100.0 * k / t, t / float(k),
-            '-' if seconds is None else '%.0f s' % seconds))
+            stage, 100 * acc, k, t, 100.0 * k / t, t / float(k), wall))
     with open(os.path.join(out, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n\n```\n' + report.strip() + '\n```\n')
     print('\n'.join(lines))
