@@ -21,6 +21,7 @@ import numpy as np
 from ..io.errors import QcaffeError
 from ..layers.dns import DNSSurgery
 from ..layers.masked import MaskedWeights
+from .sparsity import PLAIN_TYPES
 
 RULE = '=' * 55         # NK: num_mark = 55 decorative marks
 MODES = ('dns_to_normal', 'model2INQ_raw', 'inq_to_normal')
@@ -85,10 +86,6 @@ class DNSStatistics(object):
         self.write(' ')
         self.write('*' * len(RULE))
 
-    @property
-    def rate(self):
-        return self.total / float(self.kept) if self.kept else float('inf')
-
 
 def convert(source, target, mode, write=print):
     """Copy ``source``'s weights into ``target`` (two Nets) as NK's script ``mode`` does;
@@ -104,7 +101,7 @@ def convert(source, target, mode, write=print):
                                'conversion matches layers by name' % (name, layer.type))
         dst = target.layers[target.layer_names.index(name)]
         weights, masks = _weights_of(layer)
-        if masks is None and not _is_plain(layer):
+        if masks is None and layer.type not in PLAIN_TYPES:
             if len(dst.blobs) != len(layer.blobs):
                 raise ConvertError('layer %r (%s): the source has %d blobs, the target (%s) '
                                    '%d' % (name, layer.type, len(layer.blobs), dst.type,
@@ -130,7 +127,3 @@ def convert(source, target, mode, write=print):
                 _put(dst, name, n + j, m)
     stats.summary()
     return stats
-
-
-def _is_plain(layer):
-    return layer.type in ('Convolution', 'InnerProduct')
