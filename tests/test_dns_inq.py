@@ -171,6 +171,14 @@ def bottom_for(type_name, seed=3):
     return blob(np.random.RandomState(seed).randn(*shape))
 
 
+def built(type_name, phase='TEST', bias=True, **extra):
+    """(layer, bottom, top) of a set-up layer of ``type_name``."""
+    layer = layer_of(type_name, phase=phase, bias=bias, **extra)
+    x, top = bottom_for(type_name), Blob()
+    layer.setup([x], [top])
+    return layer, x, top
+
+
 def plain_twin(type_name):
     """The plain Convolution / InnerProduct of the same shape (weights set by the caller)."""
     plain, _, _ = KINDS[type_name]
@@ -206,10 +214,7 @@ def test_c_layers_read_their_own_messages_and_defaults():
 
 @pytest.mark.parametrize('type_name', sorted(KINDS))
 def test_test_forward_equals_the_plain_layer_with_masked_weights(type_name):
-    layer = layer_of(type_name)
-    x = bottom_for(type_name)
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built(type_name)
     rs = np.random.RandomState(5)
     for i in (0, 1):
         layer.blobs[2 + i].data[...] = rs.randint(0, 2, layer.blobs[i].shape)
@@ -228,10 +233,7 @@ def test_test_forward_equals_the_plain_layer_with_masked_weights(type_name):
 
 @pytest.mark.parametrize('type_name', ['DNSConvolution', 'DNSInnerProduct'])
 def test_dns_train_forward_prunes_as_computed_by_hand(type_name):
-    layer = layer_of(type_name, phase='TRAIN', c_rate=0.3)
-    x = bottom_for(type_name)
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built(type_name, phase='TRAIN', c_rate=0.3)
     w, b = layer.blobs[0].data.copy(), layer.blobs[1].data.copy()
     a = np.abs(np.concatenate([w.ravel(), b.ravel()])).astype(np.float64)
     mu, sd = a.mean(), math.sqrt((a ** 2).mean() - a.mean() ** 2)
@@ -249,10 +251,7 @@ def test_dns_train_forward_prunes_as_computed_by_hand(type_name):
 
 
 def test_dns_surgery_stops_at_iter_stop_and_follows_the_probability():
-    layer = layer_of('DNSInnerProduct', phase='TRAIN', iter_stop=5)
-    x = bottom_for('DNSInnerProduct')
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built('DNSInnerProduct', phase='TRAIN', iter_stop=5)
     layer.forward([x], [top])                  # iteration 0: statistics and surgery
     before = layer.blobs[2].data.copy()
     layer.blobs[0].data[...] *= 10            # would splice everything back
@@ -273,20 +272,14 @@ def test_dns_surgery_stops_at_iter_stop_and_follows_the_probability():
 
 
 def test_dns_test_phase_never_prunes():
-    layer = layer_of('DNSConvolution', phase='TEST', c_rate=2.0)
-    x = bottom_for('DNSConvolution')
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built('DNSConvolution', phase='TEST', c_rate=2.0)
     layer.forward([x], [top])
     assert np.all(layer.blobs[2].data == 1) and not layer.stats_done
 
 
 @pytest.mark.parametrize('type_name', ['INQConvolution', 'INQInnerProduct'])
 def test_inq_quantizes_once_at_the_first_train_forward(type_name):
-    layer = layer_of(type_name, phase='TRAIN')
-    x = bottom_for(type_name)
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built(type_name, phase='TRAIN')
     w0 = layer.blobs[0].data.copy()
     expected_w, expected_m = w0.copy(), np.ones_like(w0)
     n1, n2 = inq.quantum_range(expected_w, expected_m, 4)
@@ -330,10 +323,7 @@ def test_layer_errors_name_layer_field_and_rule():
 @pytest.mark.parametrize('type_name', ['DNSConvolution', 'DNSInnerProduct', 'CConvolution'])
 @pytest.mark.parametrize('bias', [True, False])
 def test_dns_gradients_are_those_of_the_masked_weights_for_every_entry(type_name, bias):
-    layer = layer_of(type_name, bias=bias)
-    x = bottom_for(type_name)
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built(type_name, bias=bias)
     n = layer.num_weights
     rs = np.random.RandomState(9)
     for i in range(n):
@@ -368,10 +358,7 @@ def test_dns_gradients_are_those_of_the_masked_weights_for_every_entry(type_name
 @pytest.mark.parametrize('type_name', ['INQConvolution', 'INQInnerProduct'])
 @pytest.mark.parametrize('bias', [True, False])
 def test_inq_gradients_numeric_with_partly_fixed_weights(type_name, bias):
-    layer = layer_of(type_name, bias=bias)
-    x = bottom_for(type_name)
-    top = Blob()
-    layer.setup([x], [top])
+    layer, x, top = built(type_name, bias=bias)
     n = layer.num_weights
     layer.blobs[n].data.ravel()[::2] = 0     # half fixed: the layer's gradient is unmasked
     check_gradient(layer, [x], [top], setup=False)
