@@ -17,7 +17,7 @@ from qcaffe.net import Net
 from qcaffe.proto import caffe_pb2
 from qcaffe.solvers import create_solver
 from qcaffe.testing import check_gradient, make_layer
-from test_solvers import assert_resume_is_exact, qlog  # noqa: F401  (fixture)
+from test_solvers import assert_resume_is_exact
 
 f32 = np.float32
 
