@@ -12,7 +12,7 @@ renumbered, on the wire.  Everything else -- other fields, other layers, files w
 qcaffe (a DNS layer with a μL2Q ``weights_compress`` at 149 included) -- is left alone, and a
 file without such layers is returned unchanged (one pass over the layer headers).
 """
-from .binary import _read_varint
+from .binary import read_varint
 from .blobproto import varint
 
 # layer type -> (the fork's number of its parameter message, qcaffe's number)
@@ -29,18 +29,18 @@ def _fields(data):
     pos, n = 0, len(data)
     while pos < n:
         start = pos
-        tag, pos = _read_varint(data, pos, n)
+        tag, pos = read_varint(data, pos, n)
         if tag is None:
             raise ValueError('truncated tag')
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            _, end = _read_varint(data, pos, n)
+            _, end = read_varint(data, pos, n)
         elif wire == 1:
             end = pos + 8
         elif wire == 5:
             end = pos + 4
         elif wire == _LENGTH_DELIMITED:
-            length, pos = _read_varint(data, pos, n)
+            length, pos = read_varint(data, pos, n)
             if length is None:
                 raise ValueError('truncated length')
             end = pos + length
