@@ -251,3 +251,11 @@ def test_compress_report_on_a_fully_quantized_pruned_model(tmp_path, capsys):
     net.save(path)
     status, _, err = run_cli(capsys, 'compress_report', '--weights', path)
     assert status == 1 and 'nothing to report' in err
+    # nor zero biases beside such weights (a fresh net's constant-0 bias filler)
+    p.layer[1].inner_product_param.bias_term = True
+    net = Net.from_param(p)
+    net.layers[1].blobs[0].data[...] = 0.3
+    assert not net.layers[1].blobs[1].data.any()
+    net.save(path)
+    status, _, err = run_cli(capsys, 'compress_report', '--weights', path)
+    assert status == 1 and 'nothing to report' in err

@@ -118,6 +118,7 @@ def layer_row(layer, index_bits=INDEX_BITS):
     distinct = len(np.unique(np.concatenate([v[v != 0] for v in values])))
     stored = [stored_bytes(v, index_bits) for v in values]
     return dict(layer=layer.name, type=layer.type, kind=layer.kind, kept=kept, total=total,
+                weights_pruned=bool(values) and np.count_nonzero(values[0]) < values[0].size,
                 sparsity=1.0 - kept / float(total) if total else 0.0, bits=bits,
                 distinct=distinct, fixed=fixed,
                 stored_bytes=sum(b for b, _ in stored), float_bytes=4 * total,
@@ -125,8 +126,9 @@ def layer_row(layer, index_bits=INDEX_BITS):
 
 
 def worth_reporting(rows):
-    """True when some layer is pruned, masked or power-of-two (a plain float model is not)."""
-    return any(r['kept'] < r['total'] or r['bits'] is not None or r['kind'] != 'plain'
+    """True when some layer is masked, has pruned (zero) weights or is power-of-two.  A plain
+    float model is not, even with zero biases (a bias filler's constant 0 is no pruning)."""
+    return any(r['kind'] != 'plain' or r['weights_pruned'] or r['bits'] is not None
                for r in rows)
 
 
