@@ -198,7 +198,7 @@ def test_blob_layout_and_roles(type_name, bias):
         assert layer.blobs[n + i].shape == layer.blobs[i].shape
         assert np.all(layer.blobs[n + i].data == 1)
     assert layer.learnable_blob_indices() == list(range(n))
-    assert layer.min_weight_blobs() == n
+    assert layer.required_blob_count() == n
     assert layer.type == type_name
 
 
