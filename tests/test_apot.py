@@ -542,6 +542,11 @@ def test_net_spec_keywords_and_compress_report(tmp_path, capsys):
     text = str(n.to_proto())
     assert 'type: "APoTConvolution"' in text and 'apot_param {\n    bit: 4\n  }' in text
     net = Net.from_param(n.to_proto(), phase=caffe_pb2.TEST)
+    # conv1's weights fixed here, not drawn by the filler: first/last codes need a 9th bit
+    # when the most negative weight exceeds the signed maximum in magnitude
+    w1 = net.layers[list(net.layer_names).index('conv1')].blobs[0].data
+    w1[...] = np.random.RandomState(3).randn(*w1.shape) * 0.5
+    w1.flat[0] = np.abs(w1).max()
     net.blob_by_name('data').data[...] = np.random.RandomState(2).randn(2, 1, 8, 8)
     net.forward_prefilled()
     rows = {r['layer']: r for r in apot_rows(net.to_proto())}
